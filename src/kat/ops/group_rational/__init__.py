@@ -1,0 +1,75 @@
+"""The group-rational op: ``group_rational(x, numerator, denominator, *, impl="auto")``.
+
+``impl="torch"`` is the exact PyTorch reference (any device, any float dtype); ``impl="triton"`` the
+fused kernels (CUDA, or the CPU under ``TRITON_INTERPRET=1``; float32/bfloat16/float16; orders up to
+(5, 4)); ``impl="auto"`` takes the kernels for CUDA tensors they support and the reference otherwise.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .function import GroupRationalFunction, MAX_ORDER, triton_available, triton_supports
+from .reference import check_inputs, group_rational_reference
+
+__all__ = ["group_rational", "group_rational_channels_first", "group_rational_reference",
+           "triton_available", "MAX_ORDER", "IMPLS"]
+
+IMPLS = ("auto", "torch", "triton")
+_log = logging.getLogger(__name__)
+_warned: set[str] = set()
+
+
+def _resolve_impl(impl: str, x, numerator, denominator) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"group_rational: impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "torch":
+        return "torch"
+    reason = triton_supports(x, numerator, denominator)
+    if impl == "triton":
+        if reason is not None:
+            raise ValueError(f"group_rational: impl='triton' cannot run this call: {reason}")
+        return "triton"
+    if reason is None:
+        return "triton"
+    if x.device.type == "cuda" and reason not in _warned:
+        # Quietly using the slow path on a GPU would surprise; say it once per reason.
+        _warned.add(reason)
+        _log.warning("group_rational: using the PyTorch reference on %s because %s", x.device, reason)
+    return "torch"
+
+
+def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, *,
+                   impl: str = "auto", channel_dim: int = -1) -> torch.Tensor:
+    """Apply F(x) = P(x) / Q(x) per channel group (see ``reference.py`` for the formula).
+
+    Args:
+        x: input with channels along ``channel_dim`` (default last: ``x[..., C]``).
+        numerator: ``(1, m+1)`` shared by all groups, or ``(G, m+1)``.
+        denominator: ``(G, n)``; ``G`` must divide ``C``. Channel ``c`` uses group ``c // (C // G)``.
+        impl: ``"auto"`` | ``"torch"`` | ``"triton"``.
+        channel_dim: the channel axis (``-1`` channels last, ``1`` for ``(B, C, H, W)``).
+    Returns:
+        A tensor of x's shape and dtype.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"group_rational: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0:
+        raise ValueError("group_rational: x must have at least one dimension (the channels)")
+    if not -x.dim() <= channel_dim < x.dim():
+        raise ValueError(f"group_rational: channel_dim={channel_dim} is out of range for x of shape "
+                         f"{tuple(x.shape)}")
+    channel_dim %= x.dim()
+    check_inputs(x, numerator, denominator, channel_dim)
+    if _resolve_impl(impl, x, numerator, denominator) == "torch":
+        return group_rational_reference(x, numerator, denominator, channel_dim)
+    return GroupRationalFunction.apply(x, numerator, denominator, channel_dim)
+
+
+def group_rational_channels_first(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
+                                  *, impl: str = "auto") -> torch.Tensor:
+    """``group_rational`` for ``(B, C, *spatial)`` tensors (channel axis 1), e.g. CNN feature maps."""
+    if isinstance(x, torch.Tensor) and x.dim() < 2:
+        raise ValueError(f"group_rational_channels_first: x must be (B, C, ...), got shape {tuple(x.shape)}")
+    return group_rational(x, numerator, denominator, impl=impl, channel_dim=1)

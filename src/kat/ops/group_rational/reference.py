@@ -1,0 +1,84 @@
+"""Group-rational function in plain PyTorch: the source of truth for every other implementation.
+
+F(x) = P(x) / Q(x) with
+    P(x) = a_0 + a_1 x + ... + a_m x^m
+    Q(x) = 1 + |b_1| |x| + |b_2| |x|^2 + ... + |b_n| |x|^n
+applied per channel; channel ``c`` of ``C`` uses group ``c // (C // G)``. This is the formula the
+official KAT CUDA/Triton kernels compute, so it is what the released checkpoints mean.
+
+Runs on any device and dtype and is differentiable through ordinary autograd (gradcheck-able in
+float64). Low-precision inputs (bf16/fp16) are evaluated in float32 and rounded once at the end, as
+the fused kernels do. Horner's rule keeps at most a few x-sized temporaries alive: the powers of x
+are never stacked.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["group_rational_reference", "check_inputs", "compute_dtype"]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the math runs in: float32 for half types, the input dtype otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def check_inputs(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
+                 channel_dim: int) -> tuple[int, int]:
+    """Validate shapes, dtypes and devices; return (C, G). Raises TypeError/ValueError naming values."""
+    for name, t in (("x", x), ("numerator", numerator), ("denominator", denominator)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"group_rational: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"group_rational: {name} must have a floating dtype, got {t.dtype}")
+    if x.dim() == 0:
+        raise ValueError("group_rational: x must have at least one dimension (the channels)")
+    if numerator.device != x.device or denominator.device != x.device:
+        raise ValueError(
+            f"group_rational: coefficients must be on x's device {x.device}, got numerator on "
+            f"{numerator.device} and denominator on {denominator.device}")
+    if denominator.dim() != 2 or denominator.shape[0] < 1 or denominator.shape[1] < 1:
+        raise ValueError(
+            f"group_rational: denominator must have shape (G, n) with G, n >= 1, got "
+            f"{tuple(denominator.shape)}")
+    groups = denominator.shape[0]
+    if numerator.dim() != 2 or numerator.shape[0] not in (1, groups) or numerator.shape[1] < 1:
+        raise ValueError(
+            f"group_rational: numerator must have shape (1, m+1) or (G, m+1) with G={groups} "
+            f"(from denominator {tuple(denominator.shape)}), got {tuple(numerator.shape)}")
+    c = x.shape[channel_dim]
+    if c % groups != 0:
+        raise ValueError(
+            f"group_rational: channels C={c} must be divisible by groups G={groups} "
+            f"(x shape {tuple(x.shape)}, channel dim {channel_dim})")
+    return c, groups
+
+
+def _per_channel(coef: torch.Tensor, channels: int, shape: list[int]) -> list[torch.Tensor]:
+    """Expand (Gx, k) coefficients to k tensors broadcastable against x (channel axis marked -1 in shape)."""
+    per_group = channels // coef.shape[0]
+    full = coef.repeat_interleave(per_group, dim=0)  # (C, k)
+    return [full[:, i].reshape(shape) for i in range(coef.shape[1])]
+
+
+def group_rational_reference(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
+                             channel_dim: int = -1) -> torch.Tensor:
+    """Evaluate F(x) with channels along ``channel_dim`` (-1: channels last, 1: (B, C, H, W))."""
+    channel_dim = channel_dim % x.dim()
+    channels, _ = check_inputs(x, numerator, denominator, channel_dim)
+    dt = compute_dtype(x.dtype)
+    xc = x.to(dt)
+    shape = [1] * x.dim()
+    shape[channel_dim] = channels
+    a = _per_channel(numerator.to(dt), channels, shape)
+    b = _per_channel(denominator.to(dt).abs(), channels, shape)
+
+    p = a[-1]
+    for coef in reversed(a[:-1]):
+        p = coef + xc * p
+    ax = xc.abs()
+    q = b[-1]
+    for coef in reversed(b[:-1]):
+        q = coef + ax * q
+    q = 1 + ax * q
+    return (p / q).to(x.dtype)
