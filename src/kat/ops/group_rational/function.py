@@ -8,8 +8,9 @@ first call takes effect.
 """
 from __future__ import annotations
 
-import functools
+import importlib.util
 import math
+import os
 
 import torch
 
@@ -21,20 +22,19 @@ MAX_ORDER = (5, 4)  # (m, n) the kernels implement; lower orders are zero-padded
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-@functools.lru_cache(maxsize=None)
+# Read once at import (plain globals keep torch.compile's tracing free of imports and env lookups).
+# Triton itself decides between compiling and interpreting when the kernels module is imported.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def triton_available() -> bool:
-    """True when Triton imports (needed for impl='triton')."""
-    try:
-        import triton  # noqa: F401
-    except Exception:  # ImportError, or a broken install raising something else
-        return False
-    return True
+    """True when Triton is installed (needed for impl='triton')."""
+    return _TRITON_INSTALLED
 
 
-@functools.lru_cache(maxsize=None)
 def _interpreting() -> bool:
-    from . import kernels
-    return kernels.INTERPRET
+    return _INTERPRET
 
 
 def triton_supports(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> str | None:
@@ -190,7 +190,9 @@ def group_rational_bwd(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch
     grad_num = per_group[:, :m1]
     if numerator.shape[0] == 1:
         grad_num = grad_num.sum(0, keepdim=True)
-    grad_den = per_group[:, 6:6 + n] * torch.sign(denominator.detach().to(torch.float32))
+    # d|b|/db = sign(b) with sign(0) = +1 (reference.py explains why)
+    sign_b = torch.where(denominator.detach() < 0, -1.0, 1.0).to(torch.float32)
+    grad_den = per_group[:, 6:6 + n] * sign_b
     return gx, grad_num.to(numerator.dtype), grad_den.to(denominator.dtype)
 
 

@@ -149,8 +149,8 @@ def group_rational_bwd_kernel(
         dq = 4.0 * b4 * ax + 3.0 * b3
         dq = dq * ax + 2.0 * b2
         dq = dq * ax + b1
-        # d|x|/dx is sign(x), taken as 0 at x == 0 like torch.abs' gradient
-        dq = tl.where(x < 0, -dq, tl.where(x > 0, dq, 0.0))
+        # d|x|/dx = sign(x) with sign(0) = +1, the official kernels' convention
+        dq = tl.where(x < 0, -dq, dq)
         inv_q = 1.0 / q
         f = p * inv_q
         r = go * inv_q

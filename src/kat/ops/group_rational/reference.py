@@ -6,6 +6,10 @@ F(x) = P(x) / Q(x) with
 applied per channel; channel ``c`` of ``C`` uses group ``c // (C // G)``. This is the formula the
 official KAT CUDA/Triton kernels compute, so it is what the released checkpoints mean.
 
+Derivative convention (the official kernels'): d|t|/dt = +1 at t = 0, for both x and the
+denominator coefficients. With torch.abs' subgradient of 0 instead, a rational initialised as the
+identity (all b = 0) could never move its denominator.
+
 Runs on any device and dtype and is differentiable through ordinary autograd (gradcheck-able in
 float64). Low-precision inputs (bf16/fp16) are evaluated in float32 and rounded once at the end, as
 the fused kernels do. Horner's rule keeps at most a few x-sized temporaries alive: the powers of x
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["group_rational_reference", "check_inputs", "compute_dtype"]
+__all__ = ["group_rational_reference", "check_inputs", "compute_dtype", "abs_unit_at_zero"]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -54,6 +58,11 @@ def check_inputs(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Te
     return c, groups
 
 
+def abs_unit_at_zero(t: torch.Tensor) -> torch.Tensor:
+    """|t| whose autograd derivative is sign(t) with sign(0) = +1 (see the module docstring)."""
+    return torch.where(t < 0, -t, t)
+
+
 def _per_channel(coef: torch.Tensor, channels: int, shape: list[int]) -> list[torch.Tensor]:
     """Expand (Gx, k) coefficients to k tensors broadcastable against x (channel axis marked -1 in shape)."""
     per_group = channels // coef.shape[0]
@@ -71,12 +80,12 @@ def group_rational_reference(x: torch.Tensor, numerator: torch.Tensor, denominat
     shape = [1] * x.dim()
     shape[channel_dim] = channels
     a = _per_channel(numerator.to(dt), channels, shape)
-    b = _per_channel(denominator.to(dt).abs(), channels, shape)
+    b = _per_channel(abs_unit_at_zero(denominator.to(dt)), channels, shape)
 
     p = a[-1]
     for coef in reversed(a[:-1]):
         p = coef + xc * p
-    ax = xc.abs()
+    ax = abs_unit_at_zero(xc)
     q = b[-1]
     for coef in reversed(b[:-1]):
         q = coef + ax * q

@@ -1,0 +1,29 @@
+"""Test setup. Without a CUDA GPU, Triton kernels run on the CPU through Triton's interpreter.
+
+TRITON_INTERPRET must be set before Triton is imported, so it is set here, before any test module
+imports kat's kernels. On a machine with a GPU the real kernels run and the variable is left alone.
+"""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+if not GOLDEN.is_dir():  # a clone that carries shared/ inside the checkout
+    GOLDEN = Path(__file__).resolve().parents[1] / "shared" / "golden"
+
+
+@pytest.fixture
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture
+def golden_dir() -> Path:
+    if not GOLDEN.is_dir():
+        pytest.fail(f"golden data not found at {GOLDEN}; set up the checkout beside shared/")
+    return GOLDEN
