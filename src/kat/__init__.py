@@ -2,8 +2,14 @@
 
 Importing ``kat`` registers the KAT models with timm.
 """
+from .layers import GRKAN, GroupRational, GroupRational2d, set_rational_impl
 from .ops import group_rational, group_rational_channels_first, group_rational_reference
+from .rational_init import activation_gain, fit_rational, init_coefficients, variance_gain
 
 __version__ = "0.1.0"
 
-__all__ = ["group_rational", "group_rational_channels_first", "group_rational_reference", "__version__"]
+__all__ = [
+    "group_rational", "group_rational_channels_first", "group_rational_reference",
+    "GroupRational", "GroupRational2d", "GRKAN", "set_rational_impl",
+    "fit_rational", "init_coefficients", "variance_gain", "activation_gain", "__version__",
+]

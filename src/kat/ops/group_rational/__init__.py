@@ -24,8 +24,8 @@ _warned: set[str] = set()
 def _resolve_impl(impl: str, x, numerator, denominator) -> str:
     if impl not in IMPLS:
         raise ValueError(f"group_rational: impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "torch":
-        return "torch"
+    if impl == "torch" or (impl == "auto" and x.device.type != "cuda"):
+        return "torch"  # auto: the interpreter (TRITON_INTERPRET=1) is for tests, never a default
     reason = triton_supports(x, numerator, denominator)
     if impl == "triton":
         if reason is not None:
@@ -33,7 +33,7 @@ def _resolve_impl(impl: str, x, numerator, denominator) -> str:
         return "triton"
     if reason is None:
         return "triton"
-    if x.device.type == "cuda" and reason not in _warned:
+    if reason not in _warned:
         # Quietly using the slow path on a GPU would surprise; say it once per reason.
         _warned.add(reason)
         _log.warning("group_rational: using the PyTorch reference on %s because %s", x.device, reason)

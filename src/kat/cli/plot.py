@@ -1,0 +1,119 @@
+"""kat-plot: draw a model's learned rational functions (one panel per layer, like the KAT paper's
+Fig. 7) or training curves from kat-train's CSV logs, to PNG.
+
+    kat-plot rationals --model kat_tiny_patch16_224 --checkpoint run/model_best.pth --out r.png
+    kat-plot curves run_a/summary.csv run_b/summary.csv --out curves.png
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+_log = logging.getLogger(__name__)
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_rationals(model: nn.Module, path: str | Path, lo: float = -3.0, hi: float = 3.0,
+                   columns: int = 4, title: str | None = None) -> Path:
+    """Save a PNG with one panel per GroupRational in ``model`` (every group's curve in each)."""
+    from ..layers import GroupRational
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, GroupRational)]
+    if not layers:
+        raise ValueError("plot_rationals: the model has no GroupRational layers")
+    plt = _pyplot()
+    cols = min(columns, len(layers))
+    rows = math.ceil(len(layers) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.4 * rows), squeeze=False)
+    for ax, (name, layer) in zip(axes.flat, layers):
+        x, y = layer.function_on_grid(lo, hi)
+        for g in range(y.shape[0]):
+            ax.plot(x.numpy(), y[g].numpy(), lw=1.0)
+        ax.set_title(name, fontsize=8)
+        ax.axhline(0, color="0.8", lw=0.5)
+        ax.axvline(0, color="0.8", lw=0.5)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(layers):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(csv_paths: Sequence[str | Path], path: str | Path,
+                metrics: Sequence[str] = ("train_loss", "eval_top1"), labels: Sequence[str] | None = None) -> Path:
+    """Save a PNG of per-epoch metrics (columns of kat-train's summary.csv), one panel per metric."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
+    for i, csv_path in enumerate(csv_paths):
+        with open(csv_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            raise ValueError(f"plot_curves: {csv_path} has no rows")
+        label = labels[i] if labels else Path(csv_path).parent.name
+        for ax, metric in zip(axes[0], metrics):
+            if metric not in rows[0]:
+                raise ValueError(f"plot_curves: {csv_path} has no column {metric!r} (has {list(rows[0])})")
+            ax.plot([int(r["epoch"]) for r in rows], [float(r[metric]) for r in rows], label=label)
+    for ax, metric in zip(axes[0], metrics):
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kat-plot", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    r = sub.add_parser("rationals", help="learned rational functions of a model")
+    r.add_argument("--model", default="kat_tiny_patch16_224")
+    r.add_argument("--checkpoint", default=None, help="weights to load (timm checkpoint or state dict)")
+    r.add_argument("--model-kwargs", default="{}", help="JSON dict passed to timm.create_model")
+    r.add_argument("--range", type=float, nargs=2, default=(-3.0, 3.0))
+    r.add_argument("--out", required=True)
+    c = sub.add_parser("curves", help="training curves from kat-train summary.csv files")
+    c.add_argument("csv", nargs="+")
+    c.add_argument("--metrics", nargs="+", default=["train_loss", "eval_top1"])
+    c.add_argument("--labels", nargs="+", default=None)
+    c.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.what == "rationals":
+        import json
+
+        import timm
+
+        import kat  # noqa: F401  (registers the models)
+        model = timm.create_model(args.model, checkpoint_path=args.checkpoint or "",
+                                  **json.loads(args.model_kwargs))
+        out = plot_rationals(model, args.out, *args.range, title=args.model)
+    else:
+        out = plot_curves(args.csv, args.out, args.metrics, args.labels)
+    _log.info("wrote %s", out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,170 @@
+"""Layers: GroupRational (a learnable group-rational activation) and GRKAN (the KAT MLP block).
+
+``GRKAN`` takes the constructor arguments of timm's ``Mlp``, so it drops into timm's
+``VisionTransformer(mlp_layer=GRKAN)`` and other timm transformers. Parameter names and shapes match
+the official KAT code (``act1``/``act2`` with ``weight_numerator (1, 6)`` and
+``weight_denominator (8, 4)``), so released checkpoints load unchanged.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .ops.group_rational import IMPLS, MAX_ORDER, group_rational
+from .rational_init import InitSpec, init_coefficients, resolve_init, variance_gain
+
+__all__ = ["GroupRational", "GroupRational2d", "GRKAN", "set_rational_impl"]
+
+
+class GroupRational(nn.Module):
+    """Learnable F(x) = P(x) / Q(x) applied per channel group (KAT, arXiv 2409.10594).
+
+    Args:
+        num_features: channels C of the input.
+        groups: G groups of C // G channels; each group has its own denominator.
+        init: activation F starts as (name such as "swish", "gelu", "identity", or a callable).
+        order: (m, n), degrees of P and Q. The fused kernels cover up to (5, 4); higher orders run on
+            the PyTorch reference (a warning says so once at construction).
+        shared_numerator: one numerator for all groups (KAT's choice) or one per group.
+        impl: "auto" | "torch" | "triton" (see ``kat.group_rational``).
+        channel_dim: the channel axis of the input (-1: channels last; 1: (B, C, H, W)).
+    """
+
+    def __init__(self, num_features: int, groups: int = 8, init: InitSpec = "swish",
+                 order: tuple[int, int] = (5, 4), shared_numerator: bool = True, impl: str = "auto",
+                 channel_dim: int = -1, device=None, dtype=None):
+        super().__init__()
+        if groups < 1 or num_features % groups != 0:
+            raise ValueError(f"GroupRational: groups={groups} must divide num_features={num_features}")
+        m, n = order
+        if m < 0 or n < 1:
+            raise ValueError(f"GroupRational: order must be (m >= 0, n >= 1), got {order}")
+        if impl not in IMPLS:
+            raise ValueError(f"GroupRational: impl must be one of {IMPLS}, got {impl!r}")
+        self.init_name, _ = resolve_init(init)  # raises on unknown names before any work
+        if m > MAX_ORDER[0] or n > MAX_ORDER[1]:
+            warnings.warn(f"GroupRational: order {tuple(order)} exceeds the fused kernels' {MAX_ORDER}; "
+                          "this layer runs on the PyTorch reference (slower, more memory)", stacklevel=2)
+        self.num_features, self.groups, self.order = num_features, groups, (m, n)
+        self.shared_numerator, self.impl, self.channel_dim = shared_numerator, impl, channel_dim
+        self._init_coefficients = init_coefficients(init, self.order)
+        factory = {"device": device, "dtype": dtype}
+        self.weight_numerator = nn.Parameter(torch.empty(1 if shared_numerator else groups, m + 1, **factory))
+        self.weight_denominator = nn.Parameter(torch.empty(groups, n, **factory))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        num, den = self._init_coefficients
+        self.weight_numerator.copy_(torch.tensor(num).expand_as(self.weight_numerator))
+        self.weight_denominator.copy_(torch.tensor(den).expand_as(self.weight_denominator))
+
+    def init_gain(self) -> float:
+        """alpha = 1 / E[F(x)^2], x ~ N(0, 1), for the function this layer is initialised to."""
+        return variance_gain(*self._init_coefficients)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 0 or not -x.dim() <= self.channel_dim < x.dim() \
+                or x.shape[self.channel_dim] != self.num_features:
+            raise ValueError(f"{type(self).__name__}: expected {self.num_features} channels on dim "
+                             f"{self.channel_dim}, got input of shape {tuple(x.shape)}")
+        return group_rational(x, self.weight_numerator, self.weight_denominator,
+                              impl=self.impl, channel_dim=self.channel_dim)
+
+    @torch.no_grad()
+    def function_on_grid(self, lo: float = -3.0, hi: float = 3.0, points: int = 601):
+        """(x, F) with F of shape (groups, points): each group's learned function on a grid."""
+        x = torch.linspace(lo, hi, points, dtype=torch.float64)
+        num = self.weight_numerator.detach().double().cpu()
+        num = num.expand(self.groups, -1)
+        den = self.weight_denominator.detach().double().cpu()
+        xs = x[:, None].expand(points, self.groups)  # one column per group
+        y = group_rational(xs.contiguous(), num, den, impl="torch")
+        return x, y.t().contiguous()
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, groups={self.groups}, init={self.init_name!r}, order={self.order}, "
+                f"shared_numerator={self.shared_numerator}, impl={self.impl!r}")
+
+
+class GroupRational2d(GroupRational):
+    """GroupRational for ``(B, C, H, W)`` feature maps (channel axis 1), e.g. in a CNN."""
+
+    def __init__(self, num_features: int, groups: int = 8, init: InitSpec = "swish",
+                 order: tuple[int, int] = (5, 4), shared_numerator: bool = True, impl: str = "auto",
+                 device=None, dtype=None):
+        super().__init__(num_features, groups, init, order, shared_numerator, impl, channel_dim=1,
+                         device=device, dtype=dtype)
+
+
+class GRKAN(nn.Module):
+    """The KAT MLP: act1 (identity init) -> drop -> fc1 -> act2 (``act_init``) -> drop -> norm -> fc2.
+
+    The signature is timm's ``Mlp`` (``act_layer`` is accepted and ignored: the rationals are the
+    activations), so ``functools.partial(GRKAN, act_init="gelu")`` is a valid ``mlp_layer``.
+
+    ``linear_init`` picks what ``init_weights()`` (called by timm's model init) does to fc1/fc2:
+    "variance" draws w ~ N(0, alpha / fan_in) with alpha the gain of the rational before the layer
+    (the KAT paper's variance-preserving init); "trunc_normal" keeps timm's std 0.02, which is what
+    the official code ended up using (its gain init was overwritten).
+    """
+
+    def __init__(self, in_features: int, hidden_features: Optional[int] = None,
+                 out_features: Optional[int] = None, act_layer=None, norm_layer=None, bias=True,
+                 drop=0.0, use_conv: bool = False, act_init: InitSpec = "swish",
+                 act1_init: InitSpec = "identity", groups: int = 8, order: tuple[int, int] = (5, 4),
+                 shared_numerator: bool = True, linear_init: str = "variance", impl: str = "auto",
+                 device=None, dtype=None):
+        super().__init__()
+        if use_conv:
+            raise ValueError("GRKAN: use_conv=True is not supported; use channels-last tensors")
+        if linear_init not in ("variance", "trunc_normal"):
+            raise ValueError(f"GRKAN: linear_init must be 'variance' or 'trunc_normal', got {linear_init!r}")
+        out_features = out_features or in_features
+        hidden_features = hidden_features or in_features
+        bias = tuple(bias) if isinstance(bias, (tuple, list)) else (bias, bias)
+        drop = tuple(drop) if isinstance(drop, (tuple, list)) else (drop, drop)
+        factory = {"device": device, "dtype": dtype}
+        rational = dict(groups=groups, order=order, shared_numerator=shared_numerator, impl=impl, **factory)
+        self.linear_init = linear_init
+        # Registration order follows the official module so state_dict keys list in the same order.
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias[0], **factory)
+        self.act1 = GroupRational(in_features, init=act1_init, **rational)
+        self.drop1 = nn.Dropout(drop[0])
+        self.norm = norm_layer(hidden_features, **factory) if norm_layer is not None else nn.Identity()
+        self.act2 = GroupRational(hidden_features, init=act_init, **rational)
+        self.fc2 = nn.Linear(hidden_features, out_features, bias=bias[1], **factory)
+        self.drop2 = nn.Dropout(drop[1])
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialise fc1/fc2 per ``linear_init`` (rational coefficients keep their init)."""
+        for fc, act in ((self.fc1, self.act1), (self.fc2, self.act2)):
+            if self.linear_init == "variance":
+                nn.init.normal_(fc.weight, std=math.sqrt(act.init_gain() / fc.in_features))
+            else:
+                nn.init.trunc_normal_(fc.weight, std=0.02)
+            if fc.bias is not None:
+                nn.init.zeros_(fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop1(self.act1(x))
+        x = self.fc1(x)
+        x = self.drop2(self.act2(x))
+        x = self.norm(x)
+        return self.fc2(x)
+
+
+def set_rational_impl(model: nn.Module, impl: str) -> nn.Module:
+    """Set ``impl`` ("auto" | "torch" | "triton") on every GroupRational in ``model``; returns it."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    for m in model.modules():
+        if isinstance(m, GroupRational):
+            m.impl = impl
+    return model
