@@ -60,8 +60,8 @@ class GroupRational(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         num, den = self._init_coefficients
-        self.weight_numerator.copy_(torch.tensor(num).expand_as(self.weight_numerator))
-        self.weight_denominator.copy_(torch.tensor(den).expand_as(self.weight_denominator))
+        self.weight_numerator.copy_(torch.tensor(num, device="cpu").expand_as(self.weight_numerator))
+        self.weight_denominator.copy_(torch.tensor(den, device="cpu").expand_as(self.weight_denominator))
 
     def init_gain(self) -> float:
         """alpha = 1 / E[F(x)^2], x ~ N(0, 1), for the function this layer is initialised to."""
@@ -78,13 +78,37 @@ class GroupRational(nn.Module):
     @torch.no_grad()
     def function_on_grid(self, lo: float = -3.0, hi: float = 3.0, points: int = 601):
         """(x, F) with F of shape (groups, points): each group's learned function on a grid."""
-        x = torch.linspace(lo, hi, points, dtype=torch.float64)
+        x = torch.linspace(lo, hi, points, dtype=torch.float64, device="cpu")
         num = self.weight_numerator.detach().double().cpu()
         num = num.expand(self.groups, -1)
         den = self.weight_denominator.detach().double().cpu()
         xs = x[:, None].expand(points, self.groups)  # one column per group
         y = group_rational(xs.contiguous(), num, den, impl="torch")
         return x, y.t().contiguous()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # FlashKAT names the coefficients numerator_v / denominator_v and may store one numerator per
+        # group (identical rows when shared) or one denominator for all groups; adapt on load.
+        for old, new in (("numerator_v", "weight_numerator"), ("denominator_v", "weight_denominator")):
+            if prefix + old in state_dict and prefix + new not in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
+        for name in ("weight_numerator", "weight_denominator"):
+            key, mine = prefix + name, getattr(self, name)
+            value = state_dict.get(key)
+            if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.shape == mine.shape \
+                    or value.shape[1] != mine.shape[1]:
+                continue  # let the standard loader report anything else
+            if value.shape[0] == 1:
+                state_dict[key] = value.expand_as(mine).clone()
+            elif mine.shape[0] == 1 and torch.equal(value, value[:1].expand_as(value)):
+                state_dict[key] = value[:1].clone()
+            else:
+                error_msgs.append(f"{key}: checkpoint has {value.shape[0]} distinct rows but this layer has "
+                                  f"{mine.shape[0]} (build it with shared_numerator=False / groups="
+                                  f"{value.shape[0]})")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, groups={self.groups}, init={self.init_name!r}, order={self.order}, "

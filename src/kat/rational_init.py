@@ -72,7 +72,7 @@ def rational_function(x: torch.Tensor, numerator: Sequence[float] | torch.Tensor
 
 
 def max_error(numerator, denominator, target: Callable, interval=(-3.0, 3.0), points: int = 6001) -> float:
-    x = torch.linspace(*interval, points, dtype=torch.float64)
+    x = torch.linspace(*interval, points, dtype=torch.float64, device="cpu")
     return (rational_function(x, numerator, denominator) - target(x)).abs().max().item()
 
 
@@ -102,13 +102,13 @@ def fit_rational(target: InitSpec, order: tuple[int, int] = (5, 4), *, interval=
     m, n = order
     if m < 0 or n < 1:
         raise ValueError(f"order must be (m >= 0, n >= 1), got {order}")
-    x = torch.linspace(*interval, points, dtype=torch.float64)
+    x = torch.linspace(*interval, points, dtype=torch.float64, device="cpu")
     w = torch.exp(-x**2 / 2) + floor
     y = fn(x).to(torch.float64)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
     a0, b0 = _sk_start(x, y, w, m, n)
-    starts = [(a0, b0)] + [(a0 + 0.05 * torch.randn(m + 1, generator=gen, dtype=torch.float64),
-                            b0 + 0.05 * torch.rand(n, generator=gen, dtype=torch.float64))
+    starts = [(a0, b0)] + [(a0 + 0.05 * torch.randn(m + 1, generator=gen, dtype=torch.float64, device="cpu"),
+                            b0 + 0.05 * torch.rand(n, generator=gen, dtype=torch.float64, device="cpu"))
                            for _ in range(restarts)]
     best = None
     for a_init, b_init in starts:
@@ -161,8 +161,9 @@ def _gain(fn: Callable[[torch.Tensor], torch.Tensor], nodes: int = 96) -> float:
     separately over [0, 12] (the normal tail beyond 12 is below 1e-30).
     """
     t, wt = np.polynomial.legendre.leggauss(nodes)
-    x = torch.tensor(6.0 * (t + 1.0), dtype=torch.float64)  # [-1, 1] -> [0, 12]
-    w = torch.tensor(6.0 * wt, dtype=torch.float64)
+    # Explicit CPU: models may be built under a meta/cuda default-device context.
+    x = torch.tensor(6.0 * (t + 1.0), dtype=torch.float64, device="cpu")  # [-1, 1] -> [0, 12]
+    w = torch.tensor(6.0 * wt, dtype=torch.float64, device="cpu")
     phi = torch.exp(-x**2 / 2) / math.sqrt(2 * math.pi)
     second_moment = (w * phi * (fn(x) ** 2 + fn(-x) ** 2)).sum().item()
     if not second_moment > 0:

@@ -28,8 +28,8 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 if INTERPRET:
     # Autotuning would time every config through the (slow) interpreter; one config is enough
     # for correctness tests on the CPU.
-    _FWD_CONFIGS = [triton.Config({"BLOCK_S": 16, "BLOCK_C": 32}, num_warps=4)]
-    _BWD_CONFIGS = [triton.Config({"BLOCK_S": 16, "BLOCK_C": 32}, num_warps=4)]
+    _FWD_CONFIGS = [triton.Config({"BLOCK_S": 64, "BLOCK_C": 64}, num_warps=4)]
+    _BWD_CONFIGS = [triton.Config({"BLOCK_S": 32, "BLOCK_C": 64}, num_warps=4)]
 else:
     _FWD_CONFIGS = [
         triton.Config({"BLOCK_S": bs, "BLOCK_C": bc}, num_warps=w)
