@@ -12,9 +12,11 @@ import torch
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
-if not GOLDEN.is_dir():  # a clone that carries shared/ inside the checkout
-    GOLDEN = Path(__file__).resolve().parents[1] / "shared" / "golden"
+# The golden data lives in shared/golden beside the checkout (or inside it); KAT_GOLDEN_DIR overrides.
+_ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = next((p for p in (Path(os.environ.get("KAT_GOLDEN_DIR", "/nonexistent")),
+                           _ROOT.parent / "shared" / "golden", _ROOT / "shared" / "golden") if p.is_dir()),
+              _ROOT.parent / "shared" / "golden")
 
 
 @pytest.fixture

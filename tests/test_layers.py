@@ -125,10 +125,10 @@ def test_wrong_channel_count():
         GroupRational(64)(torch.randn(2, 3, 32))
 
 
-def test_order_beyond_kernels_warns_and_uses_reference():
+def test_order_beyond_kernels_warns_and_uses_reference(device):
     with pytest.warns(UserWarning, match=r"order \(6, 5\) exceeds the fused kernels' \(5, 4\)"):
-        layer = GroupRational(16, init="identity", order=(6, 5))
-    x = torch.randn(3, 16)
+        layer = GroupRational(16, init="identity", order=(6, 5)).to(device)
+    x = torch.randn(3, 16, device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert torch.allclose(layer(x), x)

@@ -54,10 +54,10 @@ def _golden(golden_dir):
     return ckpt, inp, out
 
 
-def _check_golden(model, inp, out):
-    model.eval()
+def _check_golden(model, inp, out, device="cpu"):
+    model.eval().to(device)
     with torch.no_grad():
-        feats = model.forward_features(inp)
+        feats = model.forward_features(inp.to(device))
         logits = model.forward_head(feats)
     assert rel_err(feats, out["features"]) <= 1e-4
     assert rel_err(logits, out["logits"]) <= 1e-4
@@ -65,13 +65,13 @@ def _check_golden(model, inp, out):
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-def test_golden_official_checkpoint(impl, golden_dir):
+def test_golden_official_checkpoint(impl, golden_dir, device):
     ckpt, inp, out = _golden(golden_dir)
     assert ckpt["arch"] == "kat_tiny_swish_patch16_224"
     model = timm.create_model("kat_tiny_swish_patch16_224")
     assert model.load_state_dict(ckpt["state_dict"], strict=True)
     set_rational_impl(model, impl)
-    _check_golden(model, inp, out)
+    _check_golden(model, inp, out, device)
 
 
 @pytest.mark.parametrize("wrap", ["file-as-is", "bare", "model", "state_dict_ema", "module-prefix"])

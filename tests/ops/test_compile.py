@@ -27,10 +27,10 @@ def test_compile_fullgraph_matches_eager(impl, device):
         assert rel_err(gc, ge) <= 1e-5
 
 
-def test_fake_impl_shapes_and_strides():
+def test_fake_impl_shapes_and_strides(device):
     from torch._subclasses.fake_tensor import FakeTensorMode
-    a, b = torch.randn(1, 6), torch.randn(8, 4)
-    real = torch.randn(2, 16, 3, 5).contiguous(memory_format=torch.channels_last)
+    a, b = torch.randn(1, 6, device=device), torch.randn(8, 4, device=device)
+    real = torch.randn(2, 16, 3, 5, device=device).contiguous(memory_format=torch.channels_last)
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         fx = mode.from_tensor(real)
         y = torch.ops.kat.group_rational_fwd(fx, mode.from_tensor(a), mode.from_tensor(b), 1)

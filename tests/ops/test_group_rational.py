@@ -11,8 +11,9 @@ from kat.ops.group_rational.function import triton_available, triton_supports
 from tests.helpers import formula64, rel_err
 
 IMPLS = ["torch", "triton"]
-# (output, grad_x, coefficient-gradient) norm-relative tolerances per dtype
-TOL = {torch.float64: (1e-12, 1e-12, 1e-12), torch.float32: (1e-5, 1e-5, 1e-5),
+# (output, grad_x, coefficient-gradient) norm-relative tolerances per dtype. Coefficient gradients
+# are fp32 sums of ~10^5 terms of both signs, so they get the golden data's 1e-4.
+TOL = {torch.float64: (1e-12, 1e-12, 1e-12), torch.float32: (1e-5, 1e-5, 1e-4),
        torch.bfloat16: (1e-2, 1e-2, 1e-2), torch.float16: (2e-3, 2e-3, 2e-3)}
 
 

@@ -1,0 +1,197 @@
+"""kat-bench: speed of the group-rational op and of KAT beside timm's ViT, measured in one process.
+
+    kat-bench op      x of shape (B, T, C): forward and forward+backward time per provider
+                      (torch eager reference, torch.compile of the reference, kat's Triton kernels)
+                      and the fraction of device copy bandwidth, measured in the same run.
+    kat-bench model   train step (autocast, AdamW step included) and inference img/s, and peak
+                      training memory, for KAT-T/S/B beside vit_{tiny,small,base}_patch16_224.
+
+Both print a table and can write JSON (--json). Timings are medians of triton.testing.do_bench
+(CUDA events) for the op, and CUDA-event-timed loops for models. Needs a CUDA GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import time
+from typing import Sequence
+
+import torch
+
+_log = logging.getLogger(__name__)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def environment() -> dict:
+    import timm
+    env = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "timm": timm.__version__,
+           "python": platform.python_version()}
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def copy_bandwidth(nbytes: int = 2 << 30) -> float:
+    """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written)."""
+    from triton.testing import do_bench
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda").uniform_()
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def bench_op(shape: Sequence[int], dtype: torch.dtype, providers: Sequence[str], copy_bw: float) -> list[dict]:
+    from triton.testing import do_bench
+
+    import kat
+    x = torch.randn(*shape, device="cuda", dtype=dtype).requires_grad_()
+    a = (torch.randn(1, 6, device="cuda") * 0.3).requires_grad_()
+    b = (torch.randn(8, 4, device="cuda") * 0.3).requires_grad_()
+    go = torch.randn_like(x)
+    eager = lambda t: kat.group_rational(t, a, b, impl="torch")  # noqa: E731
+    fns = {"torch": eager, "compile": torch.compile(eager), "kat": lambda t: kat.group_rational(t, a, b, impl="triton")}
+    elem = x.element_size() * x.numel()
+    rows = []
+    for name in providers:
+        f = fns[name]
+
+        def fwd():
+            with torch.no_grad():
+                f(x)
+
+        def fwd_bwd():
+            torch.autograd.grad(f(x), (x, a, b), go)
+
+        fwd_bwd()  # compile / autotune outside the timed region
+        t_f = do_bench(fwd, warmup=25, rep=200, return_mode="median")
+        t_fb = do_bench(fwd_bwd, warmup=25, rep=200, return_mode="median")
+        # fwd: read x, write y; bwd: read x and grad_out, write grad_x
+        rows.append({"provider": name, "shape": list(shape), "dtype": str(dtype).split(".")[-1],
+                     "fwd_ms": t_f, "fwd_bw_frac": 2 * elem / (t_f * 1e-3) / copy_bw,
+                     "fwd_bwd_ms": t_fb, "fwd_bwd_bw_frac": 5 * elem / (t_fb * 1e-3) / copy_bw})
+    return rows
+
+
+def _time_loop(step, iters: int, warmup: int) -> float:
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        step()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / iters
+
+
+def bench_model(name: str, batch: int, infer_batch: int, dtype: torch.dtype, compile_: bool,
+                iters: int, warmup: int, repeats: int) -> dict:
+    import timm
+
+    import kat  # noqa: F401
+    torch.manual_seed(0)
+    model = timm.create_model(name).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    run = torch.compile(model) if compile_ else model
+    x = torch.randn(batch, 3, 224, 224, device="cuda")
+    y = torch.randint(0, 1000, (batch,), device="cuda")
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def train_step():
+        with torch.autocast("cuda", dtype=dtype):
+            loss = loss_fn(run(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    model.train()
+    torch.cuda.reset_peak_memory_stats()
+    train_times = [_time_loop(train_step, iters, warmup if r == 0 else 2) for r in range(repeats)]
+    peak = torch.cuda.max_memory_allocated()
+    opt.zero_grad(set_to_none=True)
+    del opt
+    model.eval()
+    xi = torch.randn(infer_batch, 3, 224, 224, device="cuda")
+
+    def infer_step():
+        with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+            run(xi)
+
+    infer_times = [_time_loop(infer_step, iters, warmup if r == 0 else 2) for r in range(repeats)]
+    return {"model": name, "train_img_s": batch / statistics.median(train_times),
+            "infer_img_s": infer_batch / statistics.median(infer_times), "peak_train_mem_gib": peak / 2**30,
+            "train_img_s_runs": [batch / t for t in train_times], "infer_img_s_runs": [infer_batch / t for t in infer_times]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kat-bench", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    o = sub.add_parser("op", help="group-rational op: time and bandwidth fraction")
+    o.add_argument("--channels", type=int, nargs="+", default=[192, 768, 3072])
+    o.add_argument("--batch", type=int, default=128)
+    o.add_argument("--tokens", type=int, default=197)
+    o.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
+    o.add_argument("--providers", nargs="+", default=["torch", "compile", "kat"], choices=["torch", "compile", "kat"])
+    m = sub.add_parser("model", help="KAT vs ViT train/inference throughput")
+    m.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"])
+    m.add_argument("--batch", type=int, default=128)
+    m.add_argument("--infer-batch", type=int, default=256)
+    m.add_argument("--dtype", default="bf16", choices=list(DTYPES))
+    m.add_argument("--compile", action="store_true", help="torch.compile both models")
+    m.add_argument("--iters", type=int, default=20)
+    m.add_argument("--warmup", type=int, default=5)
+    m.add_argument("--repeats", type=int, default=3)
+    for p in (o, m):
+        p.add_argument("--json", default=None, help="write results here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not torch.cuda.is_available():
+        parser.error("kat-bench needs a CUDA GPU")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    result = {"env": environment(), "mode": args.mode, "args": vars(args)}
+    if args.mode == "op":
+        bw = copy_bandwidth()
+        result["copy_bandwidth_gb_s"] = bw / 1e9
+        _log.info("copy bandwidth %.0f GB/s", bw / 1e9)
+        rows = []
+        for dt in args.dtypes:
+            for c in args.channels:
+                rows += bench_op((args.batch, args.tokens, c), DTYPES[dt], args.providers, bw)
+                for r in rows[-len(args.providers):]:
+                    _log.info("%-8s %-5s C=%-5d fwd %.4f ms (%3.0f%%)  fwd+bwd %.4f ms (%3.0f%%)", r["provider"],
+                              dt, c, r["fwd_ms"], 100 * r["fwd_bw_frac"], r["fwd_bwd_ms"], 100 * r["fwd_bwd_bw_frac"])
+        result["rows"] = rows
+    else:
+        rows = []
+        for size in args.sizes:
+            pair = [bench_model(f"{fam}_{size}_patch16_224", args.batch, args.infer_batch, DTYPES[args.dtype],
+                                args.compile, args.iters, args.warmup, args.repeats) for fam in ("vit", "kat")]
+            vit, kt = pair
+            rows.append({"size": size, "vit": vit, "kat": kt,
+                         "train_ratio": kt["train_img_s"] / vit["train_img_s"],
+                         "infer_ratio": kt["infer_img_s"] / vit["infer_img_s"],
+                         "mem_ratio": kt["peak_train_mem_gib"] / vit["peak_train_mem_gib"]})
+            r = rows[-1]
+            _log.info("%-5s train ViT %7.0f KAT %7.0f img/s (x%.3f) | infer ViT %7.0f KAT %7.0f (x%.3f) | "
+                      "mem ViT %.2f KAT %.2f GiB (x%.3f)", size, vit["train_img_s"], kt["train_img_s"],
+                      r["train_ratio"], vit["infer_img_s"], kt["infer_img_s"], r["infer_ratio"],
+                      vit["peak_train_mem_gib"], kt["peak_train_mem_gib"], r["mem_ratio"])
+        result["rows"] = rows
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
