@@ -11,6 +11,7 @@ import torch
 
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
+os.environ.setdefault("KAT_AUTOTUNE", "0")  # correctness tests need not time kernel configs
 
 # The golden data lives in shared/golden beside the checkout (or inside it); KAT_GOLDEN_DIR overrides.
 _ROOT = Path(__file__).resolve().parents[1]

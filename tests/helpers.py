@@ -13,9 +13,9 @@ def formula64(x, a, b, go, channel_dim=-1):
     def sign(t):
         return torch.where(t < 0, -1.0, 1.0).double()
 
-    x = x.detach().double().movedim(channel_dim, -1)
-    go = go.detach().double().movedim(channel_dim, -1)
-    a, b = a.detach().double(), b.detach().double()
+    x = x.detach().cpu().double().movedim(channel_dim, -1)
+    go = go.detach().cpu().double().movedim(channel_dim, -1)
+    a, b = a.detach().cpu().double(), b.detach().cpu().double()
     c, g = x.shape[-1], b.shape[0]
     grp = torch.arange(c) // (c // g)
     A = a[grp] if a.shape[0] == g else a.expand(c, -1)  # (C, m+1)

@@ -93,14 +93,28 @@ def _time_loop(step, iters: int, warmup: int) -> float:
     return start.elapsed_time(end) / 1e3 / iters
 
 
+def _graphed(step):
+    """Capture ``step`` in a CUDA graph (after warm-up on a side stream) and return its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
 def bench_model(name: str, batch: int, infer_batch: int, dtype: torch.dtype, compile_: bool,
-                iters: int, warmup: int, repeats: int) -> dict:
+                iters: int, warmup: int, repeats: int, cuda_graphs: bool = False) -> dict:
     import timm
 
     import kat  # noqa: F401
     torch.manual_seed(0)
     model = timm.create_model(name).cuda()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True, capturable=cuda_graphs)
     run = torch.compile(model) if compile_ else model
     x = torch.randn(batch, 3, 224, 224, device="cuda")
     y = torch.randint(0, 1000, (batch,), device="cuda")
@@ -111,21 +125,25 @@ def bench_model(name: str, batch: int, infer_batch: int, dtype: torch.dtype, com
             loss = loss_fn(run(x), y)
         loss.backward()
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=not cuda_graphs)
 
     model.train()
     torch.cuda.reset_peak_memory_stats()
+    if cuda_graphs:
+        opt.zero_grad(set_to_none=False)  # graphs need grads allocated outside the capture
+        train_step = _graphed(train_step)
     train_times = [_time_loop(train_step, iters, warmup if r == 0 else 2) for r in range(repeats)]
     peak = torch.cuda.max_memory_allocated()
-    opt.zero_grad(set_to_none=True)
     del opt
     model.eval()
     xi = torch.randn(infer_batch, 3, 224, 224, device="cuda")
 
     def infer_step():
-        with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+        with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
             run(xi)
 
+    if cuda_graphs:
+        infer_step = _graphed(infer_step)
     infer_times = [_time_loop(infer_step, iters, warmup if r == 0 else 2) for r in range(repeats)]
     return {"model": name, "train_img_s": batch / statistics.median(train_times),
             "infer_img_s": infer_batch / statistics.median(infer_times), "peak_train_mem_gib": peak / 2**30,
@@ -147,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--infer-batch", type=int, default=256)
     m.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     m.add_argument("--compile", action="store_true", help="torch.compile both models")
+    m.add_argument("--cuda-graphs", action="store_true", help="replay each step as a CUDA graph (no host overhead)")
     m.add_argument("--iters", type=int, default=20)
     m.add_argument("--warmup", type=int, default=5)
     m.add_argument("--repeats", type=int, default=3)
@@ -175,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = []
         for size in args.sizes:
             pair = [bench_model(f"{fam}_{size}_patch16_224", args.batch, args.infer_batch, DTYPES[args.dtype],
-                                args.compile, args.iters, args.warmup, args.repeats) for fam in ("vit", "kat")]
+                                args.compile, args.iters, args.warmup, args.repeats, args.cuda_graphs)
+                    for fam in ("vit", "kat")]
             vit, kt = pair
             rows.append({"size": size, "vit": vit, "kat": kt,
                          "train_ratio": kt["train_img_s"] / vit["train_img_s"],

@@ -27,6 +27,9 @@ _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Triton itself decides between compiling and interpreting when the kernels module is imported.
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# KAT_AUTOTUNE=0 skips timing the kernel configs (each new shape then uses the first config);
+# tests set it, since timing ~26 configs per new test shape dominates a GPU test run.
+_AUTOTUNE = os.environ.get("KAT_AUTOTUNE", "1") != "0"
 
 
 def triton_available() -> bool:
@@ -128,7 +131,7 @@ class _Tuner:
         cfg = self.cache.get(key)
         if cfg is not None:
             return cfg
-        if len(configs) == 1 or key[1].type != "cuda":
+        if len(configs) == 1 or key[1].type != "cuda" or not _AUTOTUNE:
             cfg = configs[0]
         else:
             from triton.testing import do_bench
