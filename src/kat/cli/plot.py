@@ -88,9 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kat-plot", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     r = sub.add_parser("rationals", help="learned rational functions of a model")
-    r.add_argument("--model", default="kat_tiny_patch16_224")
-    r.add_argument("--checkpoint", default=None, help="weights to load (timm checkpoint or state dict)")
-    r.add_argument("--model-kwargs", default="{}", help="JSON dict passed to timm.create_model")
+    r.add_argument("--model", default=None, help="default: the checkpoint's model, else kat_tiny_patch16_224")
+    r.add_argument("--checkpoint", default=None, help="kat-train checkpoint, official .pth or .safetensors")
+    r.add_argument("--model-kwargs", default=None, help="mapping passed to timm.create_model")
     r.add_argument("--range", type=float, nargs=2, default=(-3.0, 3.0))
     r.add_argument("--out", required=True)
     c = sub.add_parser("curves", help="training curves from kat-train summary.csv files")
@@ -101,14 +101,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.what == "rationals":
-        import json
-
-        import timm
-
-        import kat  # noqa: F401  (registers the models)
-        model = timm.create_model(args.model, checkpoint_path=args.checkpoint or "",
-                                  **json.loads(args.model_kwargs))
-        out = plot_rationals(model, args.out, *args.range, title=args.model)
+        from .common import create_model, load_checkpoint_file, model_weights, parse_kwargs
+        ck = load_checkpoint_file(args.checkpoint) if args.checkpoint else {}
+        saved, data = ck.get("args", {}), ck.get("dataset", {})
+        name = args.model or saved.get("model") or "kat_tiny_patch16_224"
+        kwargs = parse_kwargs(args.model_kwargs) if args.model_kwargs else dict(saved.get("model_kwargs", {}))
+        if data:  # a kat-train checkpoint: rebuild the model it trained
+            kwargs = {"num_classes": data["num_classes"], "in_chans": data["input_size"][0],
+                      "img_size": data["input_size"][1:], **kwargs}
+        model = create_model(name, None, kwargs)
+        if ck:
+            model.load_state_dict(model_weights(ck, use_ema=bool(saved.get("model_ema"))))
+        out = plot_rationals(model, args.out, *args.range, title=name)
     else:
         out = plot_curves(args.csv, args.out, args.metrics, args.labels)
     _log.info("wrote %s", out)

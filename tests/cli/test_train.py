@@ -1,0 +1,170 @@
+"""kat-train / kat-validate / kat-predict end to end on the embedded digits set and tiny folders (CPU)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kat.cli import predict, train, validate
+from kat.cli.common import load_checkpoint_file
+
+FAST = ["--epochs", "15", "--no-augment", "--drop-path", "0", "--warmup-epochs", "1", "--smoothing", "0",
+        "--log-interval", "1000"]
+TINY = ["--model-kwargs", "{patch_size: 2, embed_dim: 32, depth: 2, num_heads: 2}", "--log-interval", "1"]
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("TRITON_INTERPRET", None)
+    return env
+
+
+def _result(out: Path) -> dict:
+    return json.loads((out / "result.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """One short digits training shared by the tests below (about 30 s on 2 CPU cores)."""
+    out = tmp_path_factory.mktemp("digits")
+    assert train.main(FAST + ["--output", str(out)]) == 0
+    return out
+
+
+def test_short_digits_schedule_learns(digits_run):
+    res = _result(digits_run)
+    assert res["test_top1"] >= 80.0  # a learned model; the full default reaches ~97%
+    for name in ("last.pth", "model_best.pth", "summary.csv", "config.yaml"):
+        assert (digits_run / name).is_file()
+    lines = (digits_run / "summary.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,train_loss,eval_loss,eval_top1") and len(lines) == 16
+
+
+def test_validate_reproduces_train_accuracy(digits_run, tmp_path, capsys):
+    out_json = tmp_path / "val.json"
+    assert validate.main(["--checkpoint", str(digits_run / "last.pth"), "--json", str(out_json)]) == 0
+    val = json.loads(out_json.read_text())
+    assert val["top1"] == pytest.approx(_result(digits_run)["test_top1"], abs=1e-9)
+    assert val["images"] == 359 and val["dataset"] == "digits"
+
+
+def test_predict_prints_class_names(digits_run, tmp_path, capsys):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    data = load_digits()
+    ck = load_checkpoint_file(digits_run / "last.pth")
+    assert ck["dataset"]["class_names"] == [str(i) for i in range(10)]
+    hits = 0
+    for i in range(20):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray((data.images[i] * 255 / 16).astype(np.uint8)).save(path)
+        assert predict.main(["--checkpoint", str(digits_run / "last.pth"), str(path), "--topk", "3", "--json"]) == 0
+        top = json.loads(capsys.readouterr().out)[0]["top"]
+        assert len(top) == 3 and all(t["class"] in "0123456789" for t in top)
+        hits += top[0]["class"] == str(data.target[i])
+    assert hits >= 14  # the model above is >= 80% accurate
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    args = FAST[2:] + TINY + ["--epochs", "3", "--max-steps", "1000", "--model-ema", "--model-ema-decay", "0.9"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    subprocess.run([sys.executable, "-m", "kat.cli.train", *args, "--output", str(full)], check=True,
+                   env=_env(), capture_output=True)
+    killed = subprocess.run([sys.executable, "-m", "kat.cli.train", *args, "--output", str(cut)],
+                            env=dict(_env(), KAT_TEST_KILL_AFTER_EPOCH="1"), capture_output=True)
+    assert killed.returncode == -9  # SIGKILL, not a clean exit
+    assert load_checkpoint_file(cut / "last.pth")["epoch"] == 1
+    resumed = subprocess.run([sys.executable, "-m", "kat.cli.train", *args, "--output", str(cut),
+                              "--resume", str(cut / "last.pth")], env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "continuing at epoch 2" in resumed.stderr
+    a, b = load_checkpoint_file(full / "last.pth"), load_checkpoint_file(cut / "last.pth")
+    assert a["epoch"] == b["epoch"] == 2
+    for key in ("state_dict", "state_dict_ema"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), f"{key}.{k} differs after resume"
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    assert a["scheduler"] == b["scheduler"]
+
+
+def _torchrun(nproc, out, extra, timeout=240):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "kat.cli.train", "--device", "cpu", "--output", str(out), *extra]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def test_torchrun_two_processes_match_one_process_first_step(tmp_path):
+    common = TINY + ["--no-shuffle", "--no-augment", "--drop-path", "0", "--smoothing", "0", "--max-steps", "3",
+                     "--epochs", "1"]
+    one = _torchrun(1, tmp_path / "one", common + ["--batch-size", "16"])
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _torchrun(2, tmp_path / "two", common + ["--batch-size", "8"])
+    assert two.returncode == 0, two.stderr[-2000:]
+    # both ranks ran and finished; per-step lines come from rank 0 only; rank 0 wrote the checkpoint
+    for r in (0, 1):
+        assert f"[rank {r}] rank {r} of 2 finished after 3 steps" in two.stderr
+    assert "[rank 1] epoch" not in two.stderr
+    assert (tmp_path / "two" / "last.pth").is_file()
+    r1, r2 = _result(tmp_path / "one"), _result(tmp_path / "two")
+    assert r2["first_loss"] == pytest.approx(r1["first_loss"], rel=1e-5)  # same global batch of 16
+
+
+def _image_folder(root: Path, corrupt: bool = False):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    if corrupt:
+        (root / "val" / "dog" / "broken.png").write_bytes(b"not a png at all")
+    return root
+
+
+def test_torchrun_on_folder_dataset(tmp_path):
+    data = _image_folder(tmp_path / "data")
+    run = _torchrun(2, tmp_path / "out", ["--data-dir", str(data), "--dataset", "folder", "--model",
+                                           "kat_tiny_patch16_224", "--model-kwargs",
+                                           "{img_size: 32, patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",
+                                           "--batch-size", "4", "--epochs", "1", "--log-interval", "1"])
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "out" / "last.pth").is_file()
+    ck = load_checkpoint_file(tmp_path / "out" / "last.pth")
+    assert ck["dataset"]["class_names"] == ["cat", "dog"] and ck["metrics"]["images"] == 12
+
+
+def test_corrupt_image_is_named_or_skipped(tmp_path):
+    data = _image_folder(tmp_path / "data", corrupt=True)
+    base = ["--dataset", str(data), "--model", "kat_tiny_patch16_224", "--model-kwargs",
+            "{img_size: 32, patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}", "--batch-size", "4"]
+    with pytest.raises(RuntimeError, match=r"cannot read image .*broken\.png"):
+        validate.main(base)
+    out = tmp_path / "v.json"
+    assert validate.main(base + ["--skip-corrupt", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["images"] == 13  # 12 good images + the skipped one's replacement
+
+
+def test_unknown_config_key_and_missing_dataset(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("epochs: 1\nlearning_rate: 0.1\n")
+    with pytest.raises(SystemExit):
+        train.main(["-c", str(cfg)])
+    assert "config " + str(cfg) + ": unknown option(s) ['learning_rate']" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="dataset path not found: '/nonexistent/data'"):
+        validate.main(["--model", "kat_tiny_patch16_224", "--dataset", "/nonexistent/data"])
+
+
+def test_plot_cli_from_a_training_checkpoint(digits_run, tmp_path):
+    from kat.cli import plot
+    out = tmp_path / "r.png"
+    assert plot.main(["rationals", "--checkpoint", str(digits_run / "last.pth"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    curves = tmp_path / "c.png"
+    assert plot.main(["curves", str(digits_run / "summary.csv"), "--out", str(curves)]) == 0
+    assert curves.stat().st_size > 5_000
