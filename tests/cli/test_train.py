@@ -168,3 +168,57 @@ def test_plot_cli_from_a_training_checkpoint(digits_run, tmp_path):
     curves = tmp_path / "c.png"
     assert plot.main(["curves", str(digits_run / "summary.csv"), "--out", str(curves)]) == 0
     assert curves.stat().st_size > 5_000
+
+
+def test_corrupt_image_in_training_is_named(tmp_path):
+    data = _image_folder(tmp_path / "data")
+    (data / "train" / "cat" / "broken.png").write_bytes(b"\x89PNG truncated")
+    args = ["--dataset", str(data), "--model-kwargs", "{img_size: 32, patch_size: 8, embed_dim: 32, depth: 1, "
+            "num_heads: 2}", "--batch-size", "13", "--epochs", "1", "--output", str(tmp_path / "o")]
+    with pytest.raises(RuntimeError, match=r"cannot read image .*broken\.png"):
+        train.main(args)
+    assert train.main(args + ["--skip-corrupt"]) == 0
+
+
+def test_fashion_mnist_idx_reader(tmp_path):
+    import gzip
+    import struct
+
+    from kat.data import embedded_dataset
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("t10k", 5)):
+        imgs = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        with gzip.open(tmp_path / f"{split}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">BBBBIII", 0, 0, 8, 3, n, 28, 28) + imgs.tobytes())
+        with open(tmp_path / f"{split}-labels-idx1-ubyte", "wb") as f:  # uncompressed works too
+            f.write(struct.pack(">BBBBI", 0, 0, 8, 1, n) + (np.arange(n) % 10).astype(np.uint8).tobytes())
+        if split == "train":
+            first = imgs[0]
+    tr, te, info = embedded_dataset("fashion-mnist", str(tmp_path), augment=False)
+    assert len(tr) == 12 and len(te) == 5 and info.input_size == (1, 28, 28) and info.class_names[9] == "Ankle boot"
+    x, y = tr[0]
+    assert y.item() == 0
+    assert torch.allclose(x * info.std[0] + info.mean[0], torch.from_numpy(first).float()[None] / 255, atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="Fashion-MNIST not found"):
+        embedded_dataset("fashion-mnist", str(tmp_path / "nowhere"))
+
+
+def test_train_from_vit_weights(tmp_path):
+    import timm
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=8, patch_size=2, in_chans=1, num_classes=10,
+                            embed_dim=32, depth=2, num_heads=2)
+    torch.save(vit.state_dict(), tmp_path / "vit.pth")
+    out = tmp_path / "o"
+    assert train.main(["--from-vit", str(tmp_path / "vit.pth"), "--model-kwargs", "{num_heads: 2}",
+                       "--max-steps", "2", "--epochs", "1", "--output", str(out)]) == 0
+    sd = load_checkpoint_file(out / "last.pth")["state_dict"]
+    assert "blocks.1.mlp.act2.weight_numerator" in sd and sd["blocks.0.mlp.fc1.weight"].shape == (128, 32)
+
+
+def test_nonfinite_loss_stops_or_skips(tmp_path):
+    args = TINY + ["--lr", "1e30", "--warmup-epochs", "0", "--epochs", "2", "--max-steps", "30",
+                   "--output", str(tmp_path / "o")]
+    with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step \d+"):
+        train.main(args)
+    assert train.main(args + ["--skip-nonfinite"]) == 0
+    assert _result(tmp_path / "o")["skipped_steps"] > 0

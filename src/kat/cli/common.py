@@ -188,6 +188,14 @@ class CheckedImageDataset(Dataset):
     def __init__(self, inner, skip_corrupt: bool = False):
         self.inner, self.skip_corrupt, self.skipped = inner, skip_corrupt, 0
 
+    @property
+    def transform(self):  # timm's create_loader sets dataset.transform: forward it to the inner dataset
+        return self.inner.transform
+
+    @transform.setter
+    def transform(self, value):
+        self.inner.transform = value
+
     def __len__(self):
         return len(self.inner)
 

@@ -26,6 +26,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_rationals(model: nn.Module, path: str | Path, lo: float = -3.0, hi: float = 3.0,
                    columns: int = 4, title: str | None = None) -> Path:
     """Save a PNG with one panel per GroupRational in ``model`` (every group's curve in each)."""
@@ -49,12 +58,7 @@ def plot_rationals(model: nn.Module, path: str | Path, lo: float = -3.0, hi: flo
         ax.axis("off")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_curves(csv_paths: Sequence[str | Path], path: str | Path,
@@ -76,12 +80,7 @@ def plot_curves(csv_paths: Sequence[str | Path], path: str | Path,
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -103,9 +103,9 @@ def build_train_loader(args, d: DistInfo):
     else:
         import timm.data
         ds, info = build_eval_data(args, dist_info=d, train=True)
-        ds.inner.transform = None  # timm's create_loader sets the training transform
+        ds.transform = None  # timm's create_loader sets the training transform
         loader = timm.data.create_loader(
-            ds.inner, input_size=info.input_size, batch_size=args.batch_size, is_training=True,
+            ds, input_size=info.input_size, batch_size=args.batch_size, is_training=True,
             no_aug=False, re_prob=args.reprob, re_mode=args.remode, auto_augment=args.aa,
             interpolation="bicubic", mean=info.mean, std=info.std, num_workers=args.workers,
             distributed=d.world > 1, use_prefetcher=False, device=d.device)
@@ -126,7 +126,11 @@ def _model(args, info):
         if not Path(src).exists():  # a timm model name: its pretrained weights (hub download)
             import timm
             src = timm.create_model(src, pretrained=True, num_classes=info.num_classes)
-        return kat.from_vit(src, **extra)
+        # The ViT's weights fix every shape but the head count; KAT-only options may come along.
+        mk = dict(args.model_kwargs)
+        kat_opts = {k: mk[k] for k in ("act_init", "act1_init", "rational_groups", "rational_order",
+                                       "rational_impl", "drop_path_rate") if k in mk}
+        return kat.from_vit(src, num_heads=mk.get("num_heads"), **{**kat_opts, **extra})
     model = create_model(args.model, info, args.model_kwargs, **extra)
     if args.initial_checkpoint:
         model.load_state_dict(model_weights(load_checkpoint_file(args.initial_checkpoint)))
