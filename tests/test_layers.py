@@ -5,7 +5,6 @@ import pytest
 import torch
 from torch import nn
 
-import kat
 from kat.layers import GRKAN, GroupRational, GroupRational2d, set_rational_impl
 from tests.helpers import rel_err
 

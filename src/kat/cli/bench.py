@@ -134,7 +134,6 @@ def bench_model(name: str, batch: int, infer_batch: int, dtype: torch.dtype, com
         train_step = _graphed(train_step)
     train_times = [_time_loop(train_step, iters, warmup if r == 0 else 2) for r in range(repeats)]
     peak = torch.cuda.max_memory_allocated()
-    del opt
     model.eval()
     xi = torch.randn(infer_batch, 3, 224, 224, device="cuda")
 

@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import torch
 from torch import nn
 
 _log = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ first call takes effect.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import math
@@ -15,7 +16,6 @@ import os
 
 import torch
 
-from .reference import check_inputs
 
 __all__ = ["GroupRationalFunction", "triton_available", "triton_supports", "MAX_ORDER"]
 
@@ -157,15 +157,7 @@ def _launch_guard(x: torch.Tensor):
     """Launch on x's GPU (Triton launches on the current device)."""
     if x.device.type == "cuda" and x.device.index != torch.cuda.current_device():
         return torch.cuda.device(x.device)
-    return _nullcontext()
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    return contextlib.nullcontext()
 
 
 def _kernels():
@@ -298,8 +290,3 @@ class GroupRationalFunction(torch.autograd.Function):
             gx, ga, gb = _backward(grad_out, x, numerator, denominator, ctx.channel_dim)
         return gx, ga, gb, None
 
-
-def fused_group_rational(x, numerator, denominator, channel_dim: int) -> torch.Tensor:
-    """Validated entry to the fused path (the caller has checked ``triton_supports``)."""
-    check_inputs(x, numerator, denominator, channel_dim)
-    return GroupRationalFunction.apply(x, numerator, denominator, channel_dim)
