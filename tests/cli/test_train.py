@@ -222,3 +222,15 @@ def test_nonfinite_loss_stops_or_skips(tmp_path):
         train.main(args)
     assert train.main(args + ["--skip-nonfinite"]) == 0
     assert _result(tmp_path / "o")["skipped_steps"] > 0
+
+
+@pytest.mark.parametrize("config", sorted(str(p) for p in (Path(__file__).parents[2] / "configs").glob("*.yaml")))
+def test_shipped_recipes_parse(config):
+    from kat.cli.common import parse_with_config
+    args = parse_with_config(train.build_parser(), ["-c", config])
+    assert args.model.split("_")[0] in ("kat", "vit") and args.epochs > 0
+    if "in1k" in config:  # the paper's recipe (arXiv 2409.10594, appendix)
+        assert (args.epochs, args.batch_size, args.lr, args.lr_base_batch, args.weight_decay) == (300, 128, 1e-3, 1024, 0.05)
+        assert (args.mixup, args.cutmix, args.reprob, args.smoothing, args.aa) == (0.8, 1.0, 0.25, 0.1, "rand-m9-mstd0.5")
+        assert args.model_ema and args.model_ema_decay == 0.9999 and args.warmup_epochs == 5
+        assert args.drop_path == (0.4 if "base" in config else 0.1)
