@@ -134,7 +134,9 @@ def test_torchrun_on_folder_dataset(tmp_path):
                                            "{img_size: 32, patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",
                                            "--batch-size", "4", "--epochs", "1", "--log-interval", "1"])
     assert run.returncode == 0, run.stderr[-2000:]
-    assert (tmp_path / "out" / "last.pth").is_file()
+    for r in (0, 1):  # 12 train images, 4 per rank per step: 1 full step each (drop_last)
+        assert f"[rank {r}] rank {r} of 2 finished after 1 steps" in run.stderr
+    assert (tmp_path / "out" / "last.pth").is_file() and not list((tmp_path / "out").glob(".*tmp*"))
     ck = load_checkpoint_file(tmp_path / "out" / "last.pth")
     assert ck["dataset"]["class_names"] == ["cat", "dog"] and ck["metrics"]["images"] == 12
 
