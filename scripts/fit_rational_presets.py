@@ -11,7 +11,7 @@ import pprint
 import sys
 from pathlib import Path
 
-from kat.rational_init import ACTIVATIONS, activation_gain, fit_rational, variance_gain
+from kat.rational_init import ACTIVATIONS, activation_gain, fit_rational, init_coefficients, variance_gain
 
 ORDERS = [(5, 4)]
 OUT = Path(__file__).resolve().parents[1] / "src" / "kat" / "rational_presets.py"
@@ -21,8 +21,8 @@ def main() -> int:
     presets = {}
     for order in ORDERS:
         for name in ACTIVATIONS:
-            if name == "identity":
-                num, den, err = [0.0, 1.0] + [0.0] * (order[0] - 1), [0.0] * order[1], 0.0
+            if name == "identity":  # exact by construction
+                (num, den), err = init_coefficients(name, order), 0.0
             else:
                 fit = fit_rational(name, order, restarts=8, max_iter=3000)
                 num, den, err = list(fit.numerator), list(fit.denominator), fit.max_abs_error

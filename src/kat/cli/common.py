@@ -138,21 +138,28 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
 
 
 def load_checkpoint_file(path: str | Path) -> dict:
-    """Load a checkpoint without executing pickled code (weights_only=True); refuse anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return {"state_dict": load_file(str(path))}
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"refusing to load {path}: not a plain tensor checkpoint "
-                         f"(weights_only=True failed: {str(e).splitlines()[0]})") from e
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} does not hold a checkpoint dict (got {type(obj).__name__})")
-    return obj
+    """A checkpoint dict, read without executing pickled code (``models.load_state_dict_file``);
+    a ``.safetensors`` file comes back as ``{"state_dict": tensors}``."""
+    from ..models import load_state_dict_file
+    obj = load_state_dict_file(path)
+    return {"state_dict": obj} if Path(path).suffix == ".safetensors" else obj
+
+
+def checkpoint_model(ck: dict, name: Optional[str] = None, model_kwargs: Optional[dict] = None, **extra):
+    """The model a checkpoint describes: kat-train records its model name, kwargs and dataset
+    (classes, channels, image size); explicit arguments override. Weights are loaded when present."""
+    saved, data = ck.get("args", {}), ck.get("dataset", {})
+    name = name or saved.get("model")
+    if not name:
+        raise ValueError("give --model (the checkpoint does not name one)")
+    kwargs = dict(model_kwargs if model_kwargs is not None else saved.get("model_kwargs", {}))
+    if data:
+        kwargs = {"num_classes": data["num_classes"], "in_chans": data["input_size"][0],
+                  "img_size": data["input_size"][1:], **kwargs}
+    model = create_model(name, None, kwargs, **extra)
+    if ck:
+        model.load_state_dict(model_weights(ck, use_ema=bool(saved.get("model_ema"))))
+    return model
 
 
 def model_weights(ckpt: dict, use_ema: bool = False) -> dict:

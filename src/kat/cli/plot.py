@@ -99,17 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.what == "rationals":
-        from .common import create_model, load_checkpoint_file, model_weights, parse_kwargs
+        from .common import checkpoint_model, load_checkpoint_file, parse_kwargs
         ck = load_checkpoint_file(args.checkpoint) if args.checkpoint else {}
-        saved, data = ck.get("args", {}), ck.get("dataset", {})
-        name = args.model or saved.get("model") or "kat_tiny_patch16_224"
-        kwargs = parse_kwargs(args.model_kwargs) if args.model_kwargs else dict(saved.get("model_kwargs", {}))
-        if data:  # a kat-train checkpoint: rebuild the model it trained
-            kwargs = {"num_classes": data["num_classes"], "in_chans": data["input_size"][0],
-                      "img_size": data["input_size"][1:], **kwargs}
-        model = create_model(name, None, kwargs)
-        if ck:
-            model.load_state_dict(model_weights(ck, use_ema=bool(saved.get("model_ema"))))
+        name = args.model or ck.get("args", {}).get("model") or "kat_tiny_patch16_224"
+        model = checkpoint_model(ck, name, parse_kwargs(args.model_kwargs) if args.model_kwargs else None)
         out = plot_rationals(model, args.out, *args.range, title=name)
     else:
         out = plot_curves(args.csv, args.out, args.metrics, args.labels)

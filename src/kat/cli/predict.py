@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import torch
 
-from .common import create_model, load_checkpoint_file, model_weights, parse_kwargs
+from .common import checkpoint_model, load_checkpoint_file, parse_kwargs
 
 
 def build_parser():
@@ -45,18 +45,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from PIL import Image
     ck = load_checkpoint_file(args.checkpoint) if args.checkpoint else {}
-    saved, dataset = ck.get("args", {}), ck.get("dataset", {})
-    name = args.model or saved.get("model")
-    if not name:
-        raise SystemExit("kat-predict: give --model (the checkpoint does not name one)")
-    kwargs = args.model_kwargs if args.model_kwargs is not None else saved.get("model_kwargs", {})
-    if dataset:
-        kwargs = {"num_classes": dataset["num_classes"], "in_chans": dataset["input_size"][0],
-                  **({"img_size": dataset["input_size"][1:]} if saved.get("dataset") in ("digits", "fashion-mnist")
-                     else {}), **kwargs}
-    model = create_model(name, None, kwargs, pretrained=args.pretrained)
-    if ck:
-        model.load_state_dict(model_weights(ck))
+    dataset = ck.get("dataset", {})
+    try:
+        model = checkpoint_model(ck, args.model, args.model_kwargs, pretrained=args.pretrained)
+    except ValueError as e:
+        raise SystemExit(f"kat-predict: {e}")
     model.eval()
     if dataset:  # kat-train's embedded datasets: grey images in [0, 1], normalised with the train mean/std
         chans, h, w = dataset["input_size"]

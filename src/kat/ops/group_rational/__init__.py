@@ -11,7 +11,7 @@ import logging
 import torch
 
 from .function import GroupRationalFunction, MAX_ORDER, triton_available, triton_supports
-from .reference import check_inputs, group_rational_reference
+from .reference import check_inputs, evaluate, group_rational_reference
 
 __all__ = ["group_rational", "group_rational_channels_first", "group_rational_reference",
            "triton_available", "MAX_ORDER", "IMPLS"]
@@ -63,7 +63,7 @@ def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.
     channel_dim %= x.dim()
     check_inputs(x, numerator, denominator, channel_dim)
     if _resolve_impl(impl, x, numerator, denominator) == "torch":
-        return group_rational_reference(x, numerator, denominator, channel_dim)
+        return evaluate(x, numerator, denominator, channel_dim)
     return GroupRationalFunction.apply(x, numerator, denominator, channel_dim)
 
 

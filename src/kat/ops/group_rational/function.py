@@ -3,8 +3,8 @@
 ``torch.ops.kat.group_rational_fwd`` / ``group_rational_bwd`` wrap the Triton launchers as opaque
 custom ops with fake (meta) implementations, so ``torch.compile(fullgraph=True)`` traces through
 them; ``GroupRationalFunction`` ties them together for autograd. The kernels are imported lazily so
-that ``import kat`` never imports Triton, and so that ``TRITON_INTERPRET`` set by a test before the
-first call takes effect.
+that ``import kat`` never imports Triton. ``TRITON_INTERPRET`` and ``KAT_AUTOTUNE`` are read when
+this module is imported (``import kat``): set them before that.
 """
 from __future__ import annotations
 
@@ -168,18 +168,23 @@ def _kernels():
 # ---------------------------------------------------------------------------------------------
 # Custom ops
 
+def _operands(x, numerator, denominator, channel_dim):
+    """What both kernels take: the layout, x as its (S, CA) matrix, kernel-ready coefficients."""
+    layout = _layout(x, channel_dim)
+    a, b = _padded(numerator, 6), _padded(denominator, 4)
+    a_stride = 0 if numerator.shape[0] == 1 else 6
+    c, groups = x.shape[channel_dim], denominator.shape[0]
+    return layout, _as_matrix(x, channel_dim, layout), a, b, a_stride, c, groups
+
+
 def _forward(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
              channel_dim: int) -> torch.Tensor:
     kernels = _kernels()
     channel_dim %= x.dim()
-    layout = _layout(x, channel_dim)
-    y, y2 = _empty_matrix(x, channel_dim, layout, x.dtype)
+    y, y2 = _empty_matrix(x, channel_dim, _layout(x, channel_dim), x.dtype)
     if x.numel() == 0:
         return y
-    x2 = _as_matrix(x, channel_dim, layout)
-    c, groups = x.shape[channel_dim], denominator.shape[0]
-    a, b = _padded(numerator, 6), _padded(denominator, 4)
-    a_stride = 0 if numerator.shape[0] == 1 else 6
+    _, x2, a, b, a_stride, c, groups = _operands(x, numerator, denominator, channel_dim)
     s, ca = x2.shape
 
     def launch(cfg):
@@ -211,17 +216,12 @@ def _backward(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor,
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     kernels = _kernels()
     channel_dim %= x.dim()
-    layout = _layout(x, channel_dim)
+    layout, x2, a, b, a_stride, c, groups = _operands(x, numerator, denominator, channel_dim)
     gx, gx2 = _empty_matrix(x, channel_dim, layout, x.dtype)
-    c, groups = x.shape[channel_dim], denominator.shape[0]
     if x.numel() == 0:
         return gx, torch.zeros_like(numerator), torch.zeros_like(denominator)
-    x2 = _as_matrix(x, channel_dim, layout)
     g2 = _as_matrix(grad_out, channel_dim, layout)
-    a, b = _padded(numerator, 6), _padded(denominator, 4)
-    a_stride = 0 if numerator.shape[0] == 1 else 6
     s, ca = x2.shape
-    partials = {}
 
     def launch(cfg):
         bs, bc, warps = cfg
@@ -232,11 +232,10 @@ def _backward(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor,
             x2, g2, gx2, a, b, partial, s, ca, c, c // groups, a_stride, splits,
             x2.stride(0), x2.stride(1), g2.stride(0), g2.stride(1), gx2.stride(0), gx2.stride(1),
             BLOCK_S=bs, BLOCK_C=bc, num_warps=warps)
-        partials["last"] = partial
+        return partial
 
     with _launch_guard(x):
-        launch(_TUNER.pick(("bwd", x.device, x.dtype, s, ca, c, groups), kernels.BWD_CONFIGS, launch))
-    partial = partials["last"]
+        partial = launch(_TUNER.pick(("bwd", x.device, x.dtype, s, ca, c, groups), kernels.BWD_CONFIGS, launch))
     # Deterministic reductions (no atomics) over splits, outer copies of a channel and the channels
     # of a group; the kernel has already applied sign(b) to the denominator terms.
     m1, n = numerator.shape[1], denominator.shape[1]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["group_rational_reference", "check_inputs", "compute_dtype", "abs_unit_at_zero"]
+__all__ = ["group_rational_reference", "evaluate", "check_inputs", "compute_dtype", "abs_unit_at_zero"]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -74,7 +74,14 @@ def group_rational_reference(x: torch.Tensor, numerator: torch.Tensor, denominat
                              channel_dim: int = -1) -> torch.Tensor:
     """Evaluate F(x) with channels along ``channel_dim`` (-1: channels last, 1: (B, C, H, W))."""
     channel_dim = channel_dim % x.dim()
-    channels, _ = check_inputs(x, numerator, denominator, channel_dim)
+    check_inputs(x, numerator, denominator, channel_dim)
+    return evaluate(x, numerator, denominator, channel_dim)
+
+
+def evaluate(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
+             channel_dim: int) -> torch.Tensor:
+    """The formula on already-validated inputs (``channel_dim`` non-negative)."""
+    channels = x.shape[channel_dim]
     dt = compute_dtype(x.dtype)
     xc = x.to(dt)
     shape = [1] * x.dim()
