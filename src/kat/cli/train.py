@@ -195,6 +195,7 @@ def main(argv=None) -> int:
     t_start = time.time()
     total_steps = args.max_steps or args.epochs * steps_per_epoch
     first_loss = None
+    train_seconds = train_images = 0.0  # the training loops only (no evaluation, no checkpointing)
     for epoch in range(start_epoch, args.epochs):
         # Every epoch's randomness (order, augmentation, drop path) derives from (seed, epoch, rank), so
         # a resumed run replays exactly what an uninterrupted one would have done.
@@ -244,6 +245,8 @@ def main(argv=None) -> int:
             if args.max_steps and step >= args.max_steps:
                 break
         scheduler.step(epoch + 1)
+        train_seconds += time.time() - t_epoch
+        train_images += seen * d.world
         train_loss = all_mean(loss_sum, seen, d)
         last = epoch + 1 == args.epochs or (args.max_steps and step >= args.max_steps)
         if (epoch + 1) % args.eval_interval == 0 or last:
@@ -278,7 +281,8 @@ def main(argv=None) -> int:
             save_file({k: v.detach().contiguous().cpu() for k, v in final.items()}, str(out / "model.safetensors"))
         result = {"test_top1": metrics.get("top1"), "test_top5": metrics.get("top5"), "best_top1": best["top1"],
                   "steps": step, "skipped_steps": skipped, "parameters": n_params, "first_loss": first_loss,
-                  "seconds": round(time.time() - t_start, 1)}
+                  "seconds": round(time.time() - t_start, 1),
+                  "train_img_per_s": round(train_images / train_seconds, 1) if train_seconds else None}
         dump_json(result, out / "result.json")
         print(f"test accuracy: {metrics.get('top1', float('nan')):.2f}% (top-5 {metrics.get('top5', float('nan')):.2f}%) "
               f"on {metrics.get('images', 0)} {info.name} test images after {step} steps; checkpoints in {out}")
