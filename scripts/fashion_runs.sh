@@ -28,7 +28,7 @@ import sys, pathlib, torch
 from safetensors.torch import load_file
 for st in pathlib.Path(sys.argv[1]).glob("*/model.safetensors"):
     sd = load_file(str(st))
-    torch.save({k: v for k, v in sd.items() if k.endswith((".numerator", ".denominator"))}, st.parent / "rationals.pt")
+    torch.save({k: v for k, v in sd.items() if k.endswith(("weight_numerator", "weight_denominator"))}, st.parent / "rationals.pt")
 PY
 tar -czf "$OUT/fmnist_runs.tar.gz" -C "$WORK" --exclude='*.pth' --exclude='*.safetensors' --exclude=tb .
 for f in "$WORK"/*/result.json; do echo "$f: $(cat "$f")"; done
