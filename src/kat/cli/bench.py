@@ -3,6 +3,8 @@
     kat-bench op      x of shape (B, T, C): forward and forward+backward time per provider
                       (torch eager reference, torch.compile of the reference, kat's Triton kernels)
                       and the fraction of device copy bandwidth, measured in the same run.
+    kat-bench flops   FLOPs and parameters of any timm model with and without GR-KAN (runs on the CPU;
+                      ``--kanify`` converts a plain transformer's MLPs first).
     kat-bench model   train step (autocast, AdamW step included) and inference img/s, and peak
                       training memory, for KAT-T/S/B beside vit_{tiny,small,base}_patch16_224.
 
@@ -149,6 +151,24 @@ def bench_model(name: str, batch: int, infer_batch: int, dtype: torch.dtype, com
             "train_img_s_runs": [batch / t for t in train_times], "infer_img_s_runs": [infer_batch / t for t in infer_times]}
 
 
+def flops_rows(models: Sequence[str], kanify: bool, input_size=None) -> list[dict]:
+    import timm
+
+    import kat
+    from kat.flops import flops_report
+    rows = []
+    for name in models:
+        model = timm.create_model(name)
+        size = tuple(input_size or model.pretrained_cfg.get("input_size", (3, 224, 224)))
+        if kanify:
+            model, rep = kat.kanify(model)
+            _log.info("%s: %s", name, str(rep).splitlines()[0])
+        r = flops_report(model, size)
+        _log.info("%-32s %s", name, r)
+        rows.append({"model": name, "kanified": kanify, **r.as_dict()})
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kat-bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -168,10 +188,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--iters", type=int, default=20)
     m.add_argument("--warmup", type=int, default=5)
     m.add_argument("--repeats", type=int, default=3)
-    for p in (o, m):
+    f = sub.add_parser("flops", help="FLOPs/params with and without GR-KAN (CPU is fine)")
+    f.add_argument("--models", nargs="+", default=["kat_tiny_patch16_224", "kat_small_patch16_224",
+                                                   "kat_base_patch16_224"])
+    f.add_argument("--kanify", action="store_true", help="convert plain transformers' MLPs with kat.kanify first")
+    f.add_argument("--input-size", type=int, nargs=3, default=None, help="C H W (default: the model's)")
+    for p in (o, m, f):
         p.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.mode == "flops":
+        result = {"env": environment(), "mode": "flops", "rows": flops_rows(args.models, args.kanify, args.input_size)}
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(result, fh, indent=1)
+        return 0
     if not torch.cuda.is_available():
         parser.error("kat-bench needs a CUDA GPU")
     torch.backends.cuda.matmul.allow_tf32 = True
