@@ -3,6 +3,7 @@ checkpoints, datasets and loaders (timm's for folders), and exact sharded evalua
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import logging
@@ -10,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -122,10 +123,21 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
+        if _kill_now():  # test hook: die half-way through the write (see _kill_now)
+            import io
+            import signal
+            buf = io.BytesIO()
+            torch.save(obj, buf)
+            f.write(buf.getvalue()[: buf.tell() // 2])
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed mid-write
+        with contextlib.suppress(OSError):
+            stale.unlink()
     try:
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -135,6 +147,15 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     except OSError:
         pass
     return path
+
+
+_SAVES = [0]
+
+
+def _kill_now() -> bool:
+    """Test hook: KAT_TEST_KILL_IN_SAVE=k SIGKILLs the process during its k-th checkpoint write."""
+    _SAVES[0] += 1
+    return os.environ.get("KAT_TEST_KILL_IN_SAVE") == str(_SAVES[0])
 
 
 def load_checkpoint_file(path: str | Path) -> dict:
@@ -178,6 +199,9 @@ def create_model(name: str, info: Optional[DatasetInfo], model_kwargs: dict, **e
     import timm
 
     import kat  # noqa: F401  (registers the KAT models)
+    if not timm.is_model(name):
+        raise ValueError(f"unknown model {name!r}; KAT models: {timm.list_models('kat_*')} "
+                         "(any other timm name works too: see timm.list_models())")
     kwargs = dict(model_kwargs)
     if info is not None:
         kwargs.setdefault("num_classes", info.num_classes)
@@ -186,6 +210,18 @@ def create_model(name: str, info: Optional[DatasetInfo], model_kwargs: dict, **e
             kwargs.setdefault("img_size", info.input_size[1:])
     kwargs.update(extra)
     return timm.create_model(name, **kwargs)
+
+
+def check_image_size(model, image_hw: Sequence[int]) -> None:
+    """ValueError when a fixed-size model (timm ViT/KAT patch embedding) gets images of another size."""
+    pe = getattr(model, "patch_embed", None)
+    want = getattr(pe, "img_size", None)
+    if want is None or getattr(pe, "dynamic_img_size", False) or not getattr(pe, "strict_img_size", True):
+        return
+    if tuple(want) != tuple(image_hw):
+        raise ValueError(f"images are {image_hw[0]}x{image_hw[1]} but the model takes {want[0]}x{want[1]} "
+                         f"(a fixed input size); use data of that size or a model built with "
+                         f"img_size={tuple(image_hw)}")
 
 
 class CheckedImageDataset(Dataset):

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default=None, help="continue from a checkpoint (e.g. OUTPUT/last.pth)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto")
+    g.add_argument("--dist-timeout", type=float, default=600,
+                   help="seconds a rank waits in a collective before failing (a peer died or hangs)")
     g.add_argument("--log-interval", type=int, default=20)
     g.add_argument("--eval-interval", type=int, default=1, help="evaluate every N epochs (and at the end)")
     g.add_argument("--save-safetensors", action="store_true", help="also export final weights as safetensors")
@@ -139,7 +141,7 @@ def _model(args, info):
 
 def main(argv=None) -> int:
     args = parse_with_config(build_parser(), argv)
-    d = setup_distributed(args.device)
+    d = setup_distributed(args.device, timeout_s=args.dist_timeout)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [rank {d.rank}] %(message)s", datefmt="%H:%M:%S")
     _log.info("rank %d of %d started on %s", d.rank, d.world, d.device)
     torch.manual_seed(args.seed)
@@ -232,6 +234,7 @@ def main(argv=None) -> int:
             if ema is not None:
                 ema.update(model, step=step)
             step += 1
+            _rank_fault(d.rank, step)
             scheduler.step_update(num_updates=step)
             if first_loss is None:
                 first_loss = all_mean(loss.item(), 1.0, d)  # mean over ranks = the global batch's loss
@@ -290,6 +293,14 @@ def main(argv=None) -> int:
     if d.world > 1:
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _rank_fault(rank: int, step: int) -> None:
+    """Test hook: KAT_TEST_KILL_RANK="r:s" SIGKILLs rank r after its step s (a dying DDP worker)."""
+    import os
+    import signal
+    if os.environ.get("KAT_TEST_KILL_RANK") == f"{rank}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fault_injection(epoch: int) -> None:

@@ -15,8 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
-from .common import (amp_dtype, build_eval_data, create_model, eval_loader, evaluate, load_checkpoint_file,
-                     model_weights, parse_kwargs, setup_distributed)
+from ..data import EMBEDDED
+from .common import (amp_dtype, build_eval_data, check_image_size, create_model, eval_loader, evaluate,
+                     load_checkpoint_file, model_weights, parse_kwargs, setup_distributed)
 
 _log = logging.getLogger("kat")
 
@@ -59,7 +60,13 @@ def main(argv=None) -> int:
     args.data_dir = args.data_dir or saved.get("data_dir")
     args.split_seed = args.split_seed if args.split_seed is not None else saved.get("split_seed", 0)
     dataset, info = build_eval_data(args, dist_info=d)
-    model = create_model(args.model, info, args.model_kwargs, pretrained=args.pretrained)
+    kwargs = dict(args.model_kwargs)
+    trained_on = ck.get("dataset") or {}
+    if trained_on.get("input_size") and "img_size" not in kwargs:  # the size the weights were trained at
+        kwargs["img_size"] = tuple(trained_on["input_size"][1:])
+    model = create_model(args.model, info, kwargs, pretrained=args.pretrained)
+    if info.name in EMBEDDED:  # folder datasets are resized by the eval transform
+        check_image_size(model, info.input_size[1:])
     if ck:
         # kat-train evaluates the EMA weights when it keeps them; do the same so numbers agree
         model.load_state_dict(model_weights(ck, args.use_ema or bool(saved.get("model_ema"))))
