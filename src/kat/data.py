@@ -5,6 +5,8 @@
 - ``fashion-mnist``: the 28x28 Fashion-MNIST idx files (70,000 images, the official 60k/10k split)
   from Debian's ``dataset-fashion-mnist`` package (/usr/share/datasets/fashion-mnist) or any folder
   holding the same four ``*-idx?-ubyte[.gz]`` files.
+- ``synthetic``: random images of any size with arbitrary labels, generated in memory -- for
+  measuring training throughput (multi-GPU scaling) without a dataset; accuracy is meaningless.
 - anything else: an image folder (``root/train/<class>/*.png``, ``root/val/<class>/...``) or any
   dataset timm's ``create_dataset`` reads.
 
@@ -24,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 __all__ = ["TensorImageDataset", "DatasetInfo", "load_digits", "load_fashion_mnist", "embedded_dataset",
-           "EMBEDDED", "FASHION_MNIST_DIRS", "FASHION_MNIST_CLASSES"]
+           "EMBEDDED", "SyntheticImages", "synthetic_dataset", "FASHION_MNIST_DIRS", "FASHION_MNIST_CLASSES"]
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -138,3 +140,30 @@ def embedded_dataset(name: str, root: Optional[str] = None, split_seed: int = 0,
     train = TensorImageDataset(xtr, ytr, mean, std, pad=pad if augment else 0)
     test = TensorImageDataset(xte, yte, mean, std)
     return train, test, info
+
+
+class SyntheticImages(Dataset):
+    """``length`` images of ``input_size`` drawn from a small fixed pool of random images (so reading
+    is cheap and deterministic), labels ``(7919 * i) % num_classes``; normalised like ImageNet."""
+
+    def __init__(self, length: int, input_size=(3, 224, 224), num_classes: int = 1000, pool: int = 64, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.pool = torch.rand(pool, *input_size, generator=g).sub_(0.45).div_(0.25)
+        self.length, self.num_classes = length, num_classes
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        return self.pool[i % len(self.pool)], (7919 * i) % self.num_classes
+
+
+def synthetic_dataset(image_size=224, train_size: int = 12800, test_size: int = 256, num_classes: int = 1000):
+    """(train, test, DatasetInfo) of synthetic images (see ``SyntheticImages``)."""
+    hw = tuple(image_size) if isinstance(image_size, (list, tuple)) else (image_size, image_size)
+    size = (3, *hw)
+    info = DatasetInfo("synthetic", num_classes, [str(i) for i in range(num_classes)], size,
+                       (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                       extra={"train_size": train_size, "test_size": test_size})
+    return (SyntheticImages(train_size, size, num_classes, seed=0),
+            SyntheticImages(test_size, size, num_classes, seed=1), info)

@@ -80,3 +80,19 @@ def _tiny_fashion_mnist(root):
             f.write(struct.pack(">BBBBIII", 0, 0, 8, 3, 4, 28, 28) + bytes(range(256)) * 12 + bytes(4 * 784 - 3072))
         with gzip.open(root / f"{split}-labels-idx1-ubyte.gz", "wb") as f:
             f.write(struct.pack(">BBBBI", 0, 0, 8, 1, 4) + bytes([0, 1, 2, 3]))
+
+
+def test_digits_model_defaults_apply_to_digits_only(tmp_path):
+    """The small digits model is the default for --dataset digits only; other datasets get the named
+    model as timm defines it (a 224x224 KAT-S on synthetic data is not silently shrunk)."""
+    out = tmp_path / "syn"
+    assert train.main(["--dataset", "synthetic", "--model", "kat_small_patch16_224", "--model-kwargs",
+                       "{img_size: 32, patch_size: 8}", "--synthetic-size", "16", "--batch-size", "8",
+                       "--max-steps", "1", "--epochs", "1", "--output", str(out)]) == 0
+    import timm
+    expected = timm.create_model("kat_small_patch16_224", img_size=32, patch_size=8)  # KAT-S width and depth
+    assert _result(out)["parameters"] == sum(p.numel() for p in expected.parameters()) > 20_000_000
+    assert load_checkpoint_file(out / "last.pth")["args"]["model_kwargs"] == {"img_size": 32, "patch_size": 8}
+    digits = tmp_path / "digits"
+    assert train.main(["--max-steps", "1", "--epochs", "1", "--output", str(digits)]) == 0
+    assert load_checkpoint_file(digits / "last.pth")["args"]["model_kwargs"]["embed_dim"] == 64

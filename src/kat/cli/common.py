@@ -269,6 +269,9 @@ def build_eval_data(args, info_model=None, dist_info: DistInfo = DistInfo(), tra
     if args.dataset in EMBEDDED:
         tr, te, info = embedded_dataset(args.dataset, args.data_dir, args.split_seed, augment=False)
         return (tr if train else te), info
+    if args.dataset == "synthetic":
+        tr, te, info = synthetic_from_args(args)
+        return (tr if train else te), info
     import timm.data
     root = args.data_dir or args.dataset
     if not root or not Path(root).exists():
@@ -285,6 +288,12 @@ def build_eval_data(args, info_model=None, dist_info: DistInfo = DistInfo(), tra
     ds.transform = timm.data.create_transform(info.input_size, is_training=False, crop_pct=0.875,
                                               interpolation="bicubic", mean=info.mean, std=info.std)
     return CheckedImageDataset(ds, getattr(args, "skip_corrupt", False)), info
+
+
+def synthetic_from_args(args):
+    from ..data import synthetic_dataset
+    size = (getattr(args, "model_kwargs", None) or {}).get("img_size", 224)
+    return synthetic_dataset(size, train_size=getattr(args, "synthetic_size", 12800))
 
 
 def eval_loader(dataset, batch_size: int, workers: int, dist_info: DistInfo) -> DataLoader:

@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-c", "--config", default=None, help="YAML recipe; command-line flags override it")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="digits", help="digits | fashion-mnist | an image-folder root")
+    g.add_argument("--dataset", default="digits",
+                   help="digits | fashion-mnist | synthetic (random images, for speed runs) | an image-folder root")
+    g.add_argument("--synthetic-size", type=int, default=12800, help="training images per epoch of --dataset synthetic")
     g.add_argument("--data-dir", default=None, help="folder root, or the Fashion-MNIST idx folder")
     g.add_argument("--train-split", default="train")
     g.add_argument("--val-split", default="validation")
@@ -49,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-augment", action="store_true", help="no train-time augmentation (embedded datasets)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="kat_tiny_patch16_224")
-    g.add_argument("--model-kwargs", default=DIGITS_MODEL_KWARGS, type=parse_kwargs,
-                   help="mapping passed to timm.create_model, e.g. '{embed_dim: 64, depth: 4}'")
+    g.add_argument("--model-kwargs", default=None, type=parse_kwargs,
+                   help="mapping passed to timm.create_model, e.g. '{embed_dim: 64, depth: 4}' (default: "
+                        f"{DIGITS_MODEL_KWARGS} for --dataset digits, else none)")
     g.add_argument("--drop-path", type=float, default=None)
     g.add_argument("--initial-checkpoint", default=None, help="start from these weights")
     g.add_argument("--from-vit", default=None, help="start a KAT from a ViT: a timm model name or a weights file")
@@ -96,12 +99,18 @@ def build_train_loader(args, d: DistInfo):
     from torch.utils.data import DataLoader, DistributedSampler
 
     from ..data import EMBEDDED, embedded_dataset
-    if args.dataset in EMBEDDED:
-        train, _, info = embedded_dataset(args.dataset, args.data_dir, args.split_seed, augment=not args.no_augment)
+    if args.dataset in EMBEDDED or args.dataset == "synthetic":
+        if args.dataset == "synthetic":
+            from .common import synthetic_from_args
+            train, _, info = synthetic_from_args(args)
+        else:
+            train, _, info = embedded_dataset(args.dataset, args.data_dir, args.split_seed,
+                                              augment=not args.no_augment)
         shuffle = not args.no_shuffle
         sampler = DistributedSampler(train, d.world, d.rank, shuffle=shuffle, seed=args.seed) if d.world > 1 else None
         loader = DataLoader(train, batch_size=args.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                            drop_last=True, num_workers=args.workers, generator=torch.Generator())
+                            drop_last=True, num_workers=args.workers, generator=torch.Generator(),
+                            pin_memory=d.device.type == "cuda", persistent_workers=args.workers > 0)
     else:
         import timm.data
         ds, info = build_eval_data(args, dist_info=d, train=True)
@@ -141,6 +150,8 @@ def _model(args, info):
 
 def main(argv=None) -> int:
     args = parse_with_config(build_parser(), argv)
+    if args.model_kwargs is None:  # the small digits model only where it fits: the embedded 8x8 digits
+        args.model_kwargs = dict(DIGITS_MODEL_KWARGS) if args.dataset == "digits" else {}
     d = setup_distributed(args.device, timeout_s=args.dist_timeout)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [rank {d.rank}] %(message)s", datefmt="%H:%M:%S")
     _log.info("rank %d of %d started on %s", d.rank, d.world, d.device)
@@ -197,7 +208,7 @@ def main(argv=None) -> int:
     t_start = time.time()
     total_steps = args.max_steps or args.epochs * steps_per_epoch
     first_loss = None
-    train_seconds = train_images = 0.0  # the training loops only (no evaluation, no checkpointing)
+    train_seconds = train_images = last_epoch_rate = 0.0  # the training loops only (no evaluation, no checkpointing)
     for epoch in range(start_epoch, args.epochs):
         # Every epoch's randomness (order, augmentation, drop path) derives from (seed, epoch, rank), so
         # a resumed run replays exactly what an uninterrupted one would have done.
@@ -210,7 +221,7 @@ def main(argv=None) -> int:
         loss_sum = seen = 0.0
         t_epoch = time.time()
         for images, targets in loader:
-            images, targets = images.to(d.device), targets.to(d.device)
+            images, targets = images.to(d.device, non_blocking=True), targets.to(d.device, non_blocking=True)
             if mixup:
                 images, targets = mixup(images, targets)
             with torch.autocast(d.device.type, dtype=dtype, enabled=dtype is not None):
@@ -250,6 +261,7 @@ def main(argv=None) -> int:
         scheduler.step(epoch + 1)
         train_seconds += time.time() - t_epoch
         train_images += seen * d.world
+        last_epoch_rate = seen * d.world / max(time.time() - t_epoch, 1e-9)
         train_loss = all_mean(loss_sum, seen, d)
         last = epoch + 1 == args.epochs or (args.max_steps and step >= args.max_steps)
         if (epoch + 1) % args.eval_interval == 0 or last:
@@ -285,7 +297,8 @@ def main(argv=None) -> int:
         result = {"test_top1": metrics.get("top1"), "test_top5": metrics.get("top5"), "best_top1": best["top1"],
                   "steps": step, "skipped_steps": skipped, "parameters": n_params, "first_loss": first_loss,
                   "seconds": round(time.time() - t_start, 1),
-                  "train_img_per_s": round(train_images / train_seconds, 1) if train_seconds else None}
+                  "train_img_per_s": round(train_images / train_seconds, 1) if train_seconds else None,
+                  "last_epoch_img_per_s": round(last_epoch_rate, 1) if train_seconds else None, "world_size": d.world}
         dump_json(result, out / "result.json")
         print(f"test accuracy: {metrics.get('top1', float('nan')):.2f}% (top-5 {metrics.get('top5', float('nan')):.2f}%) "
               f"on {metrics.get('images', 0)} {info.name} test images after {step} steps; checkpoints in {out}")
