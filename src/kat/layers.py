@@ -128,6 +128,9 @@ class GroupRational2d(GroupRational):
 class GRKAN(nn.Module):
     """The KAT MLP: act1 (identity init) -> drop -> fc1 -> act2 (``act_init``) -> drop -> norm -> fc2.
 
+    ``recompute_act1=True`` stores only act1's input for backward and recomputes act1's output there
+    (``kat.fused.rational_linear``): one (..., C) tensor less per block, for one more element-wise pass.
+
     The signature is timm's ``Mlp`` (``act_layer`` is accepted and ignored: the rationals are the
     activations), so ``functools.partial(GRKAN, act_init="gelu")`` is a valid ``mlp_layer``.
 
@@ -142,7 +145,7 @@ class GRKAN(nn.Module):
                  drop=0.0, use_conv: bool = False, act_init: InitSpec = "swish",
                  act1_init: InitSpec = "identity", groups: int = 8, order: tuple[int, int] = (5, 4),
                  shared_numerator: bool = True, linear_init: str = "variance", impl: str = "auto",
-                 device=None, dtype=None):
+                 recompute_act1: bool = False, device=None, dtype=None):
         super().__init__()
         if use_conv:
             raise ValueError("GRKAN: use_conv=True is not supported; use channels-last tensors")
@@ -154,7 +157,7 @@ class GRKAN(nn.Module):
         drop = tuple(drop) if isinstance(drop, (tuple, list)) else (drop, drop)
         factory = {"device": device, "dtype": dtype}
         rational = dict(groups=groups, order=order, shared_numerator=shared_numerator, impl=impl, **factory)
-        self.linear_init = linear_init
+        self.linear_init, self.recompute_act1 = linear_init, recompute_act1
         # Registration order follows the official module so state_dict keys list in the same order.
         self.fc1 = nn.Linear(in_features, hidden_features, bias=bias[0], **factory)
         self.act1 = GroupRational(in_features, init=act1_init, **rational)
@@ -177,8 +180,17 @@ class GRKAN(nn.Module):
                 nn.init.zeros_(fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop1(self.act1(x))
-        x = self.fc1(x)
+        dev = x.device.type
+        if x.dtype == torch.float32 and torch.is_autocast_enabled(dev):
+            # fc1 would cast act1's output to the autocast dtype anyway; casting act1's input instead
+            # lets act1 save a half-size input, write a half-size output, and fc1 skip its cast.
+            x = x.to(torch.get_autocast_dtype(dev))
+        if self.recompute_act1 and not (self.training and self.drop1.p > 0):
+            from .fused import rational_linear
+            x = rational_linear(x, self.act1.weight_numerator, self.act1.weight_denominator, self.fc1.weight,
+                                self.fc1.bias, impl=self.act1.impl)
+        else:
+            x = self.fc1(self.drop1(self.act1(x)))
         x = self.drop2(self.act2(x))
         x = self.norm(x)
         return self.fc2(x)

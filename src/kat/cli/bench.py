@@ -110,12 +110,12 @@ def _graphed(step):
 
 
 def bench_model(name: str, batch: int, infer_batch: int, dtype: torch.dtype, compile_: bool,
-                iters: int, warmup: int, repeats: int, cuda_graphs: bool = False) -> dict:
+                iters: int, warmup: int, repeats: int, cuda_graphs: bool = False, kat_kwargs=None) -> dict:
     import timm
 
     import kat  # noqa: F401
     torch.manual_seed(0)
-    model = timm.create_model(name).cuda()
+    model = timm.create_model(name, **(kat_kwargs if name.startswith("kat_") and kat_kwargs else {})).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True, capturable=cuda_graphs)
     run = torch.compile(model) if compile_ else model
     x = torch.randn(batch, 3, 224, 224, device="cuda")
@@ -185,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     m.add_argument("--compile", action="store_true", help="torch.compile both models")
     m.add_argument("--cuda-graphs", action="store_true", help="replay each step as a CUDA graph (no host overhead)")
+    m.add_argument("--recompute-act1", action="store_true",
+                   help="KAT: recompute act1's output in backward (kat.fused.rational_linear) to save memory")
     m.add_argument("--iters", type=int, default=20)
     m.add_argument("--warmup", type=int, default=5)
     m.add_argument("--repeats", type=int, default=3)
@@ -224,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = []
         for size in args.sizes:
             pair = [bench_model(f"{fam}_{size}_patch16_224", args.batch, args.infer_batch, DTYPES[args.dtype],
-                                args.compile, args.iters, args.warmup, args.repeats, args.cuda_graphs)
+                                args.compile, args.iters, args.warmup, args.repeats, args.cuda_graphs,
+                                {"recompute_act1": True} if args.recompute_act1 else None)
                     for fam in ("vit", "kat")]
             vit, kt = pair
             rows.append({"size": size, "vit": vit, "kat": kt,

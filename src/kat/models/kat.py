@@ -91,11 +91,14 @@ class KAT(VisionTransformer):
             what the official code ended up using).
         attn_init: "mimetic" (the official default) or "timm".
         rational_impl: "auto" | "torch" | "triton".
+        recompute_act1: recompute act1's output in backward instead of storing it (less memory;
+            see ``GRKAN``).
     """
 
     def __init__(self, *, act_init="swish", act1_init="identity", rational_groups: int = 8,
                  rational_order=(5, 4), shared_numerator: bool = True, mlp_init: str = "variance",
-                 attn_init: str = "mimetic", rational_impl: str = "auto", **kwargs: Any):
+                 attn_init: str = "mimetic", rational_impl: str = "auto", recompute_act1: bool = False,
+                 **kwargs: Any):
         if "mlp_layer" in kwargs:
             raise ValueError("KAT builds its own mlp_layer (GRKAN); do not pass mlp_layer")
         if attn_init not in ("mimetic", "timm"):
@@ -104,7 +107,7 @@ class KAT(VisionTransformer):
         self.attn_init = attn_init
         mlp_layer = partial(GRKAN, act_init=act_init, act1_init=act1_init, groups=rational_groups,
                             order=tuple(rational_order), shared_numerator=shared_numerator,
-                            linear_init=mlp_init, impl=rational_impl)
+                            linear_init=mlp_init, impl=rational_impl, recompute_act1=recompute_act1)
         super().__init__(mlp_layer=mlp_layer, **kwargs)
         self._register_load_state_dict_pre_hook(self._check_checkpoint_variant)
 
