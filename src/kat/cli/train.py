@@ -110,7 +110,8 @@ def build_train_loader(args, d: DistInfo):
         sampler = DistributedSampler(train, d.world, d.rank, shuffle=shuffle, seed=args.seed) if d.world > 1 else None
         loader = DataLoader(train, batch_size=args.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                             drop_last=True, num_workers=args.workers, generator=torch.Generator(),
-                            pin_memory=d.device.type == "cuda", persistent_workers=args.workers > 0)
+                            pin_memory=d.device.type == "cuda")  # no persistent workers: each epoch's
+        # iterator draws the workers' seeds from the reseeded generator, which makes resumes exact
     else:
         import timm.data
         ds, info = build_eval_data(args, dist_info=d, train=True)
