@@ -89,6 +89,27 @@ def evaluate(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor
     a = _per_channel(numerator.to(dt), channels, shape)
     b = _per_channel(abs_unit_at_zero(denominator.to(dt)), channels, shape)
 
+    y = _direct(xc, a, b)
+    # Far from 0, P or Q can overflow (|x|^5 > 3.4e38 in fp32 for |x| > ~4e7) although P/Q is moderate:
+    # there the scaled form (P and Q divided by x^n) is used. Eager calls pay for it only when some
+    # element needs it (after one check, a host sync on GPU); traced/compiled/exported graphs always carry both branches (no data-dependent
+    # control flow), selected element-wise.
+    tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+    if not tracing:
+        with torch.no_grad():
+            needs = (~torch.isfinite(y) & torch.isfinite(xc)).any()
+        if not needs:
+            return y.to(x.dtype)
+    scaled = ~torch.isfinite(y.detach()) & torch.isfinite(xc)
+    # Each branch sees only the elements it serves (others get a harmless stand-in), so neither
+    # branch's gradient can inject NaN through torch.where.
+    y_direct = _direct(torch.where(scaled, torch.zeros_like(xc), xc), a, b)
+    y_scaled = _scaled(torch.where(scaled, xc, torch.full_like(xc, 2.0)), a, b)
+    return torch.where(scaled, y_scaled, y_direct).to(x.dtype)
+
+
+def _direct(xc, a, b):
+    """P(x) / Q(x) by Horner's rule (a, b: per-channel coefficient tensors, b already |b|)."""
     p = a[-1]
     for coef in reversed(a[:-1]):
         p = coef + xc * p
@@ -97,4 +118,23 @@ def evaluate(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor
     for coef in reversed(b[:-1]):
         q = coef + ax * q
     q = 1 + ax * q
-    return (p / q).to(x.dtype)
+    return p / q
+
+
+def _scaled(xc, a, b):
+    """The same P/Q for |x| > 1 with P and Q divided by x^n (v = 1/x), which cannot overflow where the
+    direct form does: P/x^n = sum_{k>=n} a_k x^(k-n) + sum_{k<n} a_k v^(n-k),
+    Q/x^n = |b_n| + |v| (|b_(n-1)| + ... + |v| (|b_1| + |v|))."""
+    n = len(b)
+    v = 1.0 / xc
+    av = abs_unit_at_zero(v)
+    hi = torch.zeros_like(xc)
+    for coef in reversed(a[n:]):  # a_m .. a_n: Horner in x
+        hi = coef + xc * hi
+    lo = torch.zeros_like(xc)
+    for coef in a[:n]:  # a_0 .. a_(n-1): Horner in v, then one more factor v
+        lo = coef + v * lo
+    qs = torch.ones_like(xc)
+    for coef in b:  # |b_1| .. |b_n|
+        qs = coef + av * qs
+    return (hi + v * lo) / qs
