@@ -96,8 +96,8 @@ def group_rational_fwd_kernel(
     # Far from 0 (|x| > ~4e7 with a nonzero x^5 term) P or Q overflows fp32 although P/Q is moderate.
     # There, evaluate the same function with P and Q divided by x^4 (v = 1/x):
     #   P/x^4 = a5 x + a4 + v (a3 + v (a2 + v (a1 + v a0))),  Q/x^4 = |b4| + |v| (|b3| + |v| (|b2| + |v| (|b1| + |v|)))
-    direct_ok = (tl.abs(p) < float("inf")) & (q < float("inf"))
-    scaled = (~direct_ok) & (ax < float("inf"))  # NaN/Inf inputs keep the direct form's NaN/Inf
+    overflowed = (tl.abs(p) == float("inf")) | (q == float("inf"))  # finite x cannot make them NaN
+    scaled = overflowed & (ax < float("inf"))  # NaN/Inf inputs keep the direct form's NaN/Inf
     xs = tl.where(scaled, x, 2.0)
     v = 1.0 / xs
     av = tl.abs(v)
