@@ -169,6 +169,13 @@ def flops_rows(models: Sequence[str], kanify: bool, input_size=None) -> list[dic
     return rows
 
 
+def _kat_kwargs(args) -> dict:
+    kw = {"recompute_act1": True} if args.recompute_act1 else {}
+    if args.rational_impl:
+        kw["rational_impl"] = args.rational_impl
+    return kw
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kat-bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -187,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--cuda-graphs", action="store_true", help="replay each step as a CUDA graph (no host overhead)")
     m.add_argument("--recompute-act1", action="store_true",
                    help="KAT: recompute act1's output in backward (kat.fused.rational_linear) to save memory")
+    m.add_argument("--rational-impl", default=None, choices=["auto", "torch", "triton"],
+                   help="KAT: the rational op's implementation (e.g. 'torch' lets torch.compile fuse it)")
     m.add_argument("--iters", type=int, default=20)
     m.add_argument("--warmup", type=int, default=5)
     m.add_argument("--repeats", type=int, default=3)
@@ -227,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for size in args.sizes:
             pair = [bench_model(f"{fam}_{size}_patch16_224", args.batch, args.infer_batch, DTYPES[args.dtype],
                                 args.compile, args.iters, args.warmup, args.repeats, args.cuda_graphs,
-                                {"recompute_act1": True} if args.recompute_act1 else None)
+                                _kat_kwargs(args))
                     for fam in ("vit", "kat")]
             vit, kt = pair
             rows.append({"size": size, "vit": vit, "kat": kt,
