@@ -98,12 +98,13 @@ def group_rational_fwd_kernel(
     #   P/x^4 = a5 x + a4 + v (a3 + v (a2 + v (a1 + v a0))),  Q/x^4 = |b4| + |v| (|b3| + |v| (|b2| + |v| (|b1| + |v|)))
     overflowed = (tl.abs(p) == float("inf")) | (q == float("inf"))  # finite x cannot make them NaN
     scaled = overflowed & (ax < float("inf"))  # NaN/Inf inputs keep the direct form's NaN/Inf
-    xs = tl.where(scaled, x, 2.0)
-    v = 1.0 / xs
-    av = tl.abs(v)
-    ps = a5 * xs + (a4 + v * (a3 + v * (a2 + v * (a1 + v * a0))))
-    qs = b4 + av * (b3 + av * (b2 + av * (b1 + av)))
-    y = tl.where(scaled, ps / qs, y)
+    if tl.max(tl.max(scaled.to(tl.int32), axis=1), axis=0) > 0:  # rare: skip the work in other tiles
+        xs = tl.where(scaled, x, 2.0)
+        v = tl.fdiv(tl.full(xs.shape, 1.0, tl.float32), xs)
+        av = tl.abs(v)
+        ps = a5 * xs + (a4 + v * (a3 + v * (a2 + v * (a1 + v * a0))))
+        qs = b4 + av * (b3 + av * (b2 + av * (b1 + av)))
+        y = tl.where(scaled, tl.fdiv(ps, qs), y)
     tl.store(y_ptr + s[:, None] * stride_ys + cal * stride_yc, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
