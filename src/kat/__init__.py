@@ -16,5 +16,6 @@ __version__ = "0.1.0"
 __all__ = [
     "group_rational", "group_rational_channels_first", "group_rational_reference",
     "GroupRational", "GroupRational2d", "GRKAN", "set_rational_impl",
-    "KAT", "from_vit", "kanify", "flops_report", "export_onnx", "export_program", "fit_rational", "init_coefficients", "variance_gain", "activation_gain", "__version__",
+    "KAT", "from_vit", "kanify", "flops_report", "export_onnx", "export_program",
+    "fit_rational", "init_coefficients", "variance_gain", "activation_gain", "__version__",
 ]

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from .layers import GroupRational
+from .layers import GroupRational, set_rational_impl
 
 __all__ = ["reference_impl", "export_onnx", "export_program"]
 
@@ -26,9 +26,7 @@ def reference_impl(model: nn.Module) -> Iterator[nn.Module]:
     layers = [m for m in model.modules() if isinstance(m, GroupRational)]
     saved = [m.impl for m in layers]
     try:
-        for m in layers:
-            m.impl = "torch"
-        yield model
+        yield set_rational_impl(model, "torch")
     finally:
         for m, impl in zip(layers, saved):
             m.impl = impl

@@ -33,9 +33,8 @@ class _RationalLinear(torch.autograd.Function):
         ctx.device_type = x.device.type
         ctx.autocast = _autocast_state(ctx.device_type)
         ctx.impl = impl
-        with torch.no_grad():
-            y = group_rational(x, numerator, denominator, impl=impl)
-            out = F.linear(y, weight, bias)  # autocast (if on) casts y and the weights as usual
+        y = group_rational(x, numerator, denominator, impl=impl)  # Function.forward records no graph
+        out = F.linear(y, weight, bias)  # autocast (if on) casts y and the weights as usual
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, numerator, denominator, weight)
         return out

@@ -56,10 +56,7 @@ class KanifyReport:
 
 
 def _is_timm_mlp(module: nn.Module) -> bool:
-    try:
-        from timm.layers import Mlp
-    except ImportError:  # pragma: no cover - timm is a dependency
-        return False
+    from timm.layers import Mlp
     return type(module) is Mlp
 
 

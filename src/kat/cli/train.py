@@ -24,7 +24,7 @@ import torch
 
 from .common import (DistInfo, amp_dtype, build_eval_data, create_model, dump_json, eval_loader, evaluate,
                      load_checkpoint_file, model_weights, parse_kwargs, parse_with_config, save_atomic,
-                     setup_distributed)
+                     setup_distributed, synthetic_from_args)
 
 _log = logging.getLogger("kat")
 
@@ -100,12 +100,8 @@ def build_train_loader(args, d: DistInfo):
 
     from ..data import EMBEDDED, embedded_dataset
     if args.dataset in EMBEDDED or args.dataset == "synthetic":
-        if args.dataset == "synthetic":
-            from .common import synthetic_from_args
-            train, _, info = synthetic_from_args(args)
-        else:
-            train, _, info = embedded_dataset(args.dataset, args.data_dir, args.split_seed,
-                                              augment=not args.no_augment)
+        train, _, info = synthetic_from_args(args) if args.dataset == "synthetic" else embedded_dataset(
+            args.dataset, args.data_dir, args.split_seed, augment=not args.no_augment)
         shuffle = not args.no_shuffle
         sampler = DistributedSampler(train, d.world, d.rank, shuffle=shuffle, seed=args.seed) if d.world > 1 else None
         loader = DataLoader(train, batch_size=args.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,

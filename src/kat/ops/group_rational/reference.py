@@ -91,16 +91,15 @@ def evaluate(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor
 
     y = _direct(xc, a, b)
     # Far from 0, P or Q can overflow (|x|^5 > 3.4e38 in fp32 for |x| > ~4e7) although P/Q is moderate:
-    # there the scaled form (P and Q divided by x^n) is used. Eager calls pay for it only when some
-    # element needs it (after one check, a host sync on GPU); traced/compiled/exported graphs always carry both branches (no data-dependent
-    # control flow), selected element-wise.
+    # there the scaled form (P and Q divided by x^n) is used. Eager calls check once (a host sync on
+    # GPU) and pay for it only when some finite x overflowed; traced/compiled/exported graphs always
+    # carry both branches, selected element-wise (no data-dependent control flow).
     tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
-    if not tracing:
-        with torch.no_grad():
-            needs = (~torch.isfinite(y) & torch.isfinite(xc)).any()
-        if not needs:
-            return y.to(x.dtype)
+    if not tracing and bool(torch.isfinite(y.detach()).all()):
+        return y.to(x.dtype)
     scaled = ~torch.isfinite(y.detach()) & torch.isfinite(xc)
+    if not tracing and not bool(scaled.any()):  # only NaN/Inf inputs: the direct form is the answer
+        return y.to(x.dtype)
     # Each branch sees only the elements it serves (others get a harmless stand-in), so neither
     # branch's gradient can inject NaN through torch.where.
     y_direct = _direct(torch.where(scaled, torch.zeros_like(xc), xc), a, b)
