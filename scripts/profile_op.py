@@ -17,21 +17,31 @@ from kat.ops.group_rational import function as fn
 from kat.ops.group_rational import kernels as K
 
 
+def _consts(cfg):
+    """Kernel keyword arguments for a config: (BLOCK_S, BLOCK_C, warps[, ROW_REDUCE])."""
+    bs, bc, w = cfg[:3]
+    kw = {"BLOCK_S": bs, "BLOCK_C": bc, "num_warps": w}
+    if len(cfg) > 3:
+        kw.update(ROW_REDUCE=cfg[3], ACC_ROWS=1 if cfg[3] else bs)
+    return kw
+
+
 def sweep(kernel, configs, grid_fn, args, bytes_moved, bw):
     rows = []
-    for bs, bc, w in configs:
+    for cfg in configs:
+        bs, bc, w = cfg[:3]
         grid = grid_fn(bs, bc, w)
         try:
-            compiled = kernel[grid](*args(bs, bc, w), BLOCK_S=bs, BLOCK_C=bc, num_warps=w)
-            ms = do_bench(lambda: kernel[grid](*args(bs, bc, w), BLOCK_S=bs, BLOCK_C=bc, num_warps=w),
+            compiled = kernel[grid](*args(bs, bc, w), **_consts(cfg))
+            ms = do_bench(lambda: kernel[grid](*args(bs, bc, w), **_consts(cfg)),
                           warmup=10, rep=60, return_mode="median")
-            rows.append((ms, bs, bc, w, getattr(compiled, "n_regs", "?"), getattr(compiled, "n_spills", "?")))
+            rows.append((ms, cfg, getattr(compiled, "n_regs", "?"), getattr(compiled, "n_spills", "?")))
         except Exception as e:  # a config the hardware rejects (registers, shared memory)
-            rows.append((float("inf"), bs, bc, w, "err", str(e)[:60]))
+            rows.append((float("inf"), cfg, "err", str(e)[:60]))
     rows.sort(key=lambda r: r[0])
-    for ms, bs, bc, w, regs, spills in rows[:5]:
+    for ms, cfg, regs, spills in rows[:5]:
         print(f"    {ms * 1e3:8.1f} us ({bytes_moved / (ms * 1e-3) / bw * 100:5.1f}% bw) "
-              f"S={bs:<4} C={bc:<5} warps={w} regs={regs} spills={spills}")
+              f"config={cfg} regs={regs} spills={spills}")
     return rows
 
 

@@ -20,8 +20,15 @@ SCRIPT = textwrap.dedent('''
     from kat.ops.group_rational import kernels
 
     FP32_PTRS = {"a_ptr", "b_ptr", "partial_ptr"}
-    for kernel, (bs, bc, _warps) in ((kernels.group_rational_fwd_kernel, kernels.FWD_CONFIGS[0]),
-                                     (kernels.group_rational_bwd_kernel, kernels.BWD_CONFIGS[0])):
+    # the forward's default config, and the backward's first config of each accumulator scheme
+    bwd_rr = next(c for c in kernels.BWD_CONFIGS if c[3])
+    bwd_plain = next(c for c in kernels.BWD_CONFIGS if not c[3])
+    cases = [(kernels.group_rational_fwd_kernel, {"BLOCK_S": kernels.FWD_CONFIGS[0][0],
+                                                  "BLOCK_C": kernels.FWD_CONFIGS[0][1]})]
+    for bs, bc, _warps, rr in (bwd_plain, bwd_rr):
+        cases.append((kernels.group_rational_bwd_kernel,
+                      {"BLOCK_S": bs, "BLOCK_C": bc, "ROW_REDUCE": rr, "ACC_ROWS": 1 if rr else bs}))
+    for kernel, constexprs in cases:
         for dtype in ("fp32", "bf16", "fp16"):
             sig = {}
             for p in kernel.params:
@@ -31,10 +38,10 @@ SCRIPT = textwrap.dedent('''
                     sig[p.name] = "*fp32" if p.name in FP32_PTRS else "*" + dtype
                 else:
                     sig[p.name] = "i32"
-            src = ASTSource(fn=kernel, signature=sig, constexprs={"BLOCK_S": bs, "BLOCK_C": bc})
+            src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
             compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32))
             assert len(compiled.asm["cubin"]) > 1000
-            print(kernel.__name__, dtype, "ok")
+            print(kernel.__name__, dtype, constexprs, "ok")
 ''')
 
 
@@ -46,4 +53,4 @@ def test_kernels_compile_for_sm90():
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count(" ok") == 6, run.stdout
+    assert run.stdout.count(" ok") == 9, run.stdout

@@ -10,7 +10,7 @@ import logging
 
 import torch
 
-from .function import GroupRationalFunction, MAX_ORDER, triton_available, triton_supports
+from .function import GroupRationalFunction, MAX_ORDER, Plan, _plannable, triton_available, triton_supports
 from .reference import check_inputs, evaluate, group_rational_reference
 
 __all__ = ["group_rational", "group_rational_channels_first", "group_rational_reference",
@@ -19,6 +19,11 @@ __all__ = ["group_rational", "group_rational_channels_first", "group_rational_re
 IMPLS = ("auto", "torch", "triton")
 _log = logging.getLogger(__name__)
 _warned: set[str] = set()
+# Eager calls on plain tensors: everything about a call that depends only on its arguments' shapes,
+# strides, dtypes and devices (validation, the implementation chosen, the kernels' plan) is
+# decided once per distinct key; later calls look it up.
+_PLANS: dict = {}
+_TORCH = "torch"
 
 
 def _resolve_impl(impl: str, x, numerator, denominator) -> str:
@@ -53,6 +58,26 @@ def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.
     Returns:
         A tensor of x's shape and dtype.
     """
+    if type(x) is torch.Tensor and not torch.compiler.is_compiling():
+        try:
+            key = (impl, channel_dim, x.shape, x.stride(), x.dtype, x.device,
+                   numerator.shape, numerator.dtype, numerator.device,
+                   denominator.shape, denominator.dtype, denominator.device)
+        except AttributeError:
+            key = None  # not tensors: the checks below name the problem
+        plan = _PLANS.get(key) if key is not None else False
+        if plan is None:
+            plan = _new_plan(x, numerator, denominator, impl, channel_dim)
+            if len(_PLANS) >= 4096:  # many distinct shapes: start over rather than grow without bound
+                _PLANS.clear()
+            _PLANS[key] = plan
+        if plan is _TORCH:
+            return evaluate(x, numerator, denominator, channel_dim % x.dim())
+        if plan:
+            if torch.is_grad_enabled() and (x.requires_grad or numerator.requires_grad
+                                            or denominator.requires_grad):
+                return GroupRationalFunction.apply(x, numerator, denominator, x.dim() - 1, plan)
+            return plan.forward(x, numerator, denominator)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"group_rational: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() == 0:
@@ -65,6 +90,20 @@ def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.
     if _resolve_impl(impl, x, numerator, denominator) == "torch":
         return evaluate(x, numerator, denominator, channel_dim)
     return GroupRationalFunction.apply(x, numerator, denominator, channel_dim)
+
+
+def _new_plan(x, numerator, denominator, impl, channel_dim):
+    """Validate a call (raising as group_rational does) and decide how calls like it run: _TORCH
+    (the reference), a Plan (the kernels' fast path: channels last, rows collapsible), or False
+    (the general path each time)."""
+    if x.dim() == 0 or not -x.dim() <= channel_dim < x.dim():
+        return False  # let the general path raise
+    check_inputs(x, numerator, denominator, channel_dim % x.dim())
+    if _resolve_impl(impl, x, numerator, denominator) == "torch":
+        return _TORCH
+    if channel_dim % x.dim() != x.dim() - 1 or not _plannable(x):
+        return False
+    return Plan(x, numerator, denominator)
 
 
 def group_rational_channels_first(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,

@@ -10,9 +10,9 @@ Lower orders run here by zero-padding the coefficients on the host (a zero numer
 nothing to P, a zero denominator term adds nothing to Q).
 
 The backward kernel is persistent along the stream axis: program (p, k) walks stream tiles
-p, p + P, p + 2P, ... of channel block k, accumulates the ten coefficient-gradient terms in fp32
-registers and writes one partial per channel-axis element to ``partial[p, ca, :]`` (denominator
-terms already multiplied by sign(b)). The host sums the partials in a fixed order, so coefficient
+p, p + P, p + 2P, ... of channel block k (loading tile i + P while computing tile i), accumulates
+the ten coefficient-gradient terms in fp32 registers and writes one partial per channel-axis
+element to ``partial[p, ca, :]`` (denominator terms already multiplied by sign(b)). The host sums the partials in a fixed order, so coefficient
 gradients are bitwise reproducible (no atomics).
 """
 from __future__ import annotations
@@ -31,17 +31,22 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # width give each thread one 16-byte column vector across all BLOCK_S rows, so the backward's
 # ten accumulators stay per-thread and the final row reduction needs no shuffles.
 if INTERPRET:
-    # One config: the interpreter is for correctness on the CPU, where timing means nothing.
+    # The interpreter is for correctness on the CPU, where timing means nothing: the first config is
+    # the one used; tests run the others explicitly (both accumulator schemes of the backward).
     FWD_CONFIGS = [(64, 64, 4)]
-    BWD_CONFIGS = [(32, 64, 4)]
+    BWD_CONFIGS = [(32, 64, 4, True), (16, 64, 4, False)]
 else:
     # First entry: the default when tuning is off (KAT_AUTOTUNE=0); the best measured on an H200
-    # for bf16 (128, 197, 3072) (forward 116 us, backward 349 us; BENCHMARKS.md).
+    # for bf16 (128, 197, 3072) (BENCHMARKS.md). Backward configs: (BLOCK_S, BLOCK_C, warps,
+    # ROW_REDUCE).
     FWD_CONFIGS = [(8, 256, 1), (64, 64, 4), (16, 128, 4), (32, 128, 4), (16, 256, 4), (8, 512, 4),
                    (4, 1024, 4), (32, 256, 8), (16, 512, 8), (8, 256, 2), (4, 256, 1)]
-    BWD_CONFIGS = [(4, 128, 4), (8, 64, 4), (1, 256, 1), (2, 256, 1), (4, 256, 1), (1, 512, 2),
-                   (2, 512, 2), (1, 1024, 4), (2, 1024, 4), (1, 128, 1), (2, 128, 1), (4, 128, 1),
-                   (2, 512, 4), (4, 512, 4), (16, 64, 4)]
+    BWD_CONFIGS = [(4, 128, 4, False), (8, 64, 4, False), (2, 256, 1, False), (4, 256, 1, False),
+                   (2, 512, 2, False), (1, 1024, 4, False), (2, 1024, 4, False), (2, 128, 1, False),
+                   (4, 128, 1, False), (16, 64, 4, False),
+                   (8, 128, 4, True), (16, 128, 4, True), (32, 128, 4, True), (8, 256, 4, True),
+                   (16, 256, 4, True), (8, 256, 2, True), (16, 256, 8, True), (8, 512, 4, True),
+                   (16, 64, 2, True), (32, 64, 2, True)]
 
 
 @triton.jit
@@ -109,11 +114,20 @@ def group_rational_fwd_kernel(
 
 
 @triton.jit
+def _accumulate(acc, v, ROW_REDUCE: tl.constexpr):
+    """acc += v, or acc += v summed over the tile's rows (acc is then [1, BLOCK_C])."""
+    if ROW_REDUCE:
+        return acc + tl.sum(v, axis=0, keep_dims=True)
+    else:
+        return acc + v
+
+
+@triton.jit
 def group_rational_bwd_kernel(
     x_ptr, go_ptr, gx_ptr, a_ptr, b_ptr, partial_ptr,
     S, CA, C, GROUP_SIZE, a_group_stride, NUM_SPLITS,
     stride_xs, stride_xc, stride_gs, stride_gc, stride_dxs, stride_dxc,
-    BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ROW_REDUCE: tl.constexpr, ACC_ROWS: tl.constexpr,
 ):
     pid_s = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -123,24 +137,42 @@ def group_rational_bwd_kernel(
         a_ptr, b_ptr, ca, mask_c, C, GROUP_SIZE, a_group_stride)
     b1, b2, b3, b4 = tl.abs(sb1), tl.abs(sb2), tl.abs(sb3), tl.abs(sb4)
     cal = ca.to(tl.int64)[None, :]
+    col_x = cal * stride_xc
+    col_g = cal * stride_gc
+    col_d = cal * stride_dxc
 
-    acc_a0 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
-    acc_a1 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
-    acc_a2 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
-    acc_a3 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
-    acc_a4 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
-    acc_a5 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
-    acc_b1 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
-    acc_b2 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
-    acc_b3 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
-    acc_b4 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
+    # ROW_REDUCE: fold each tile's rows into [1, BLOCK_C] accumulators (ACC_ROWS = 1: 10 registers
+    # per column instead of 10 per element in flight, so taller tiles fit); otherwise ACC_ROWS =
+    # BLOCK_S and the rows are reduced once at the end.
+    acc_a0 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
+    acc_a1 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
+    acc_a2 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
+    acc_a3 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
+    acc_a4 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
+    acc_a5 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
+    acc_b1 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
+    acc_b2 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
+    acc_b3 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
+    acc_b4 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
 
+    # Software prefetch: the loads of the next tile are issued before this tile's arithmetic, so
+    # their latency overlaps it (the loop is otherwise load -> wait -> compute, one tile at a time).
+    rows = tl.arange(0, BLOCK_S)
     num_tiles = tl.cdiv(S, BLOCK_S)
+    s = (pid_s * BLOCK_S + rows).to(tl.int64)
+    mask = (s < S)[:, None] & mask_c[None, :]
+    x_next = tl.load(x_ptr + s[:, None] * stride_xs + col_x, mask=mask, other=0.0)
+    go_next = tl.load(go_ptr + s[:, None] * stride_gs + col_g, mask=mask, other=0.0)
     for tile in range(pid_s, num_tiles, NUM_SPLITS):
-        s = (tile * BLOCK_S + tl.arange(0, BLOCK_S)).to(tl.int64)
+        x = x_next.to(tl.float32)
+        go = go_next.to(tl.float32)
+        s_here = s
+        mask_here = mask
+        s = ((tile + NUM_SPLITS) * BLOCK_S + rows).to(tl.int64)
         mask = (s < S)[:, None] & mask_c[None, :]
-        x = tl.load(x_ptr + s[:, None] * stride_xs + cal * stride_xc, mask=mask, other=0.0).to(tl.float32)
-        go = tl.load(go_ptr + s[:, None] * stride_gs + cal * stride_gc, mask=mask, other=0.0).to(tl.float32)
+        x_next = tl.load(x_ptr + s[:, None] * stride_xs + col_x, mask=mask, other=0.0)
+        go_next = tl.load(go_ptr + s[:, None] * stride_gs + col_g, mask=mask, other=0.0)
+
         ax = tl.abs(x)
         x2 = x * x
         x3 = x2 * x
@@ -168,19 +200,19 @@ def group_rational_bwd_kernel(
         f = p * inv_q
         r = go * inv_q
         gx = r * (dp - f * dq)
-        tl.store(gx_ptr + s[:, None] * stride_dxs + cal * stride_dxc,
-                 gx.to(gx_ptr.dtype.element_ty), mask=mask)
-        acc_a0 += r
-        acc_a1 += r * x
-        acc_a2 += r * x2
-        acc_a3 += r * x3
-        acc_a4 += r * x4
-        acc_a5 += r * x5
+        tl.store(gx_ptr + s_here[:, None] * stride_dxs + col_d,
+                 gx.to(gx_ptr.dtype.element_ty), mask=mask_here)
+        acc_a0 = _accumulate(acc_a0, r, ROW_REDUCE)
+        acc_a1 = _accumulate(acc_a1, r * x, ROW_REDUCE)
+        acc_a2 = _accumulate(acc_a2, r * x2, ROW_REDUCE)
+        acc_a3 = _accumulate(acc_a3, r * x3, ROW_REDUCE)
+        acc_a4 = _accumulate(acc_a4, r * x4, ROW_REDUCE)
+        acc_a5 = _accumulate(acc_a5, r * x5, ROW_REDUCE)
         t = -r * f
-        acc_b1 += t * ax
-        acc_b2 += t * x2
-        acc_b3 += t * tl.abs(x3)
-        acc_b4 += t * x4
+        acc_b1 = _accumulate(acc_b1, t * ax, ROW_REDUCE)
+        acc_b2 = _accumulate(acc_b2, t * x2, ROW_REDUCE)
+        acc_b3 = _accumulate(acc_b3, t * tl.abs(x3), ROW_REDUCE)
+        acc_b4 = _accumulate(acc_b4, t * x4, ROW_REDUCE)
 
     out = partial_ptr + (pid_s.to(tl.int64) * CA + ca.to(tl.int64)) * 10
     tl.store(out + 0, tl.sum(acc_a0, axis=0), mask=mask_c)

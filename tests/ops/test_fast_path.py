@@ -1,0 +1,130 @@
+"""The eager fast path of group_rational (kat.ops.group_rational.function.Plan): per-shape plans,
+direct launches on the GPU, and both accumulator schemes of the backward kernel. Everything is
+checked against the float64 formula or, where the same kernels run, against the general path
+bit for bit."""
+import importlib
+
+import pytest
+import torch
+
+import kat
+from kat.ops.group_rational import function as fn
+from kat.ops.group_rational import kernels
+from tests.helpers import formula64, rel_err
+from tests.ops.test_group_rational import _check, _coeffs
+
+gr = importlib.import_module("kat.ops.group_rational")  # the package (kat.ops re-exports the function)
+
+
+def _grads(x, a, b, go, **kw):
+    x, a, b = (t.detach().requires_grad_() for t in (x, a, b))
+    y = kat.group_rational(x, a, b, impl="triton", **kw)
+    return (y, *torch.autograd.grad(y, (x, a, b), go))
+
+
+@pytest.fixture
+def fresh_plans():
+    gr._PLANS.clear()
+    fn._TUNER.cache.clear()
+    yield
+    gr._PLANS.clear()
+    fn._TUNER.cache.clear()
+
+
+@pytest.mark.parametrize("row_reduce", [True, False])
+@pytest.mark.parametrize("shared", [True, False])
+def test_backward_accumulator_schemes(row_reduce, shared, device, monkeypatch, fresh_plans):
+    """ROW_REDUCE folds each tile's rows into per-column accumulators; both schemes give the
+    float64 gradients (C = 200: non-power-of-two groups; a tail tile along the rows)."""
+    configs = [c for c in kernels.BWD_CONFIGS if c[3] == row_reduce]
+    assert configs, "the config list must offer both accumulator schemes"
+    monkeypatch.setattr(kernels, "BWD_CONFIGS", configs)
+    a, b = _coeffs(groups=8, shared=shared, device=device)
+    x = torch.randn(3, 37, 200, device=device)
+    _check("triton", x, a, b)
+    key = next(k for k in fn._TUNER.cache if k[0] == "bwd")
+    assert fn._TUNER.cache[key][3] == row_reduce
+
+
+def test_plan_matches_general_path_bitwise(device, fresh_plans):
+    """The plan launches the same kernels at the same configs as the general path."""
+    a, b = _coeffs(groups=8, shared=False, device=device)
+    x = torch.randn(2, 50, 64, device=device)
+    go = torch.randn_like(x)
+    y, gx, ga, gb = _grads(x, a, b, go)
+    assert any(isinstance(p, fn.Plan) for p in gr._PLANS.values()), "the fast path did not run"
+    y2 = fn._forward(x, a, b, 2)
+    gx2, ga2, gb2 = fn._backward(go, x, a, b, 2)
+    assert torch.equal(y, y2) and torch.equal(gx, gx2)
+    assert torch.equal(ga, ga2) and torch.equal(gb, gb2)
+
+
+def test_plan_without_grad_and_row_strided_input(device, fresh_plans):
+    a, b = _coeffs(device=device)
+    big = torch.randn(6, 40, 96, device=device)
+    x = big[:, ::2]  # every other row: one row stride (2C), still an (S, C) view
+    assert not x.is_contiguous()
+    with torch.no_grad():
+        y = kat.group_rational(x, a, b, impl="triton")
+    assert y.grad_fn is None
+    ry = formula64(x, a, b, torch.ones_like(x), -1)[0]
+    assert rel_err(y, ry) <= 1e-5
+    assert any(isinstance(p, fn.Plan) for p in gr._PLANS.values())
+
+
+def test_plan_expanded_grad_out(device, fresh_plans):
+    """y.sum().backward() hands backward an expanded (stride-0) gradient."""
+    a, b = _coeffs(device=device)
+    x = torch.randn(4, 10, 32, device=device, requires_grad=True)
+    kat.group_rational(x, a, b, impl="triton").sum().backward()
+    rgx = formula64(x.detach(), a, b, torch.ones_like(x), -1)[1]
+    assert rel_err(x.grad, rgx) <= 1e-5
+
+
+def test_cached_calls_still_validate(device, fresh_plans):
+    """A cached plan never skips a check: anything the checks look at is part of the key."""
+    a, b = _coeffs(device=device)
+    x = torch.randn(2, 5, 16, device=device)
+    kat.group_rational(x, a, b, impl="triton")
+    with pytest.raises(ValueError, match="device"):
+        kat.group_rational(x, a.to("meta"), b, impl="triton")
+    with pytest.raises(TypeError, match="floating"):
+        kat.group_rational(x, a, b.to(torch.int32), impl="triton")
+    with pytest.raises(ValueError, match="divisible"):
+        kat.group_rational(torch.randn(2, 5, 12, device=device), a, b, impl="triton")
+    with pytest.raises(ValueError, match="divisible"):  # twice: errors are not cached away
+        kat.group_rational(torch.randn(2, 5, 12, device=device), a, b, impl="triton")
+    with pytest.raises(ValueError, match="impl"):
+        kat.group_rational(x, a, b, impl="cuda")
+
+
+def test_autocast_keeps_input_dtype(device, fresh_plans):
+    """Nothing in the op is cast by autocast: fp32 in, fp32 out and fp32 gradients, equal to the
+    result without autocast."""
+    a, b = _coeffs(device=device)
+    x = torch.randn(3, 7, 64, device=device)
+    go = torch.randn_like(x)
+    plain = _grads(x, a, b, go)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        under = _grads(x, a, b, go)
+    for p, u in zip(plain, under):
+        assert u.dtype == p.dtype == torch.float32
+        assert torch.equal(p, u)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="direct launches exist on CUDA only")
+def test_direct_launch_is_used_and_exact(fresh_plans):
+    a, b = _coeffs(device="cuda")
+    x = torch.randn(8, 197, 192, device="cuda", dtype=torch.bfloat16)
+    go = torch.randn_like(x)
+    first = _grads(x, a, b, go)
+    plan = next(p for p in gr._PLANS.values() if isinstance(p, fn.Plan))
+    if fn._DIRECT:
+        assert plan.fwd.compiled is not None and plan.bwd.compiled is not None
+    second = _grads(x, a, b, go)  # direct launches
+    for f, s in zip(first, second):
+        assert torch.equal(f, s)
+    # an unaligned view (offset by one element) takes Triton's own launch path and is still right
+    xo = torch.randn(8 * 197 * 192 + 1, device="cuda", dtype=torch.bfloat16)[1:].view_as(x)
+    y = kat.group_rational(xo, a, b, impl="triton")
+    assert rel_err(y, formula64(xo, a, b, torch.ones_like(xo), -1)[0]) <= 1e-2
