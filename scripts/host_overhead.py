@@ -34,6 +34,7 @@ def host_us(fn, n=100, loops=5):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--json", default=None)
+    p.add_argument("--cprofile", action="store_true", help="also profile the op's forward+backward")
     args = p.parse_args()
     import timm
     import triton
@@ -108,6 +109,17 @@ def main():
     for name, f in rows.items():
         out[name] = host_us(f)
         print(f"{name:40s} {out[name]:8.1f} us")
+    if args.cprofile:
+        import cProfile
+        import pstats
+        f = rows["kat op fwd+bwd"]
+        pr = cProfile.Profile()
+        pr.enable()
+        for _ in range(300):
+            f()
+        pr.disable()
+        torch.cuda.synchronize()
+        pstats.Stats(pr).sort_stats("tottime").print_stats(22)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=1)

@@ -46,8 +46,10 @@ def test_backward_accumulator_schemes(row_reduce, shared, device, monkeypatch, f
     assert fn._TUNER.cache[key][3] == row_reduce
 
 
-def test_plan_matches_general_path_bitwise(device, fresh_plans):
-    """The plan launches the same kernels at the same configs as the general path."""
+def test_plan_matches_general_path(device, fresh_plans):
+    """The plan launches the same kernels at the same configs as the general path: the same output
+    and grad_x bit for bit; the coefficient gradients sum the same partials through differently
+    shaped torch reductions, so they agree to fp32 rounding."""
     a, b = _coeffs(groups=8, shared=False, device=device)
     x = torch.randn(2, 50, 64, device=device)
     go = torch.randn_like(x)
@@ -56,7 +58,7 @@ def test_plan_matches_general_path_bitwise(device, fresh_plans):
     y2 = fn._forward(x, a, b, 2)
     gx2, ga2, gb2 = fn._backward(go, x, a, b, 2)
     assert torch.equal(y, y2) and torch.equal(gx, gx2)
-    assert torch.equal(ga, ga2) and torch.equal(gb, gb2)
+    assert rel_err(ga, ga2) <= 1e-6 and rel_err(gb, gb2) <= 1e-6
 
 
 def test_plan_without_grad_and_row_strided_input(device, fresh_plans):

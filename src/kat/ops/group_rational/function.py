@@ -357,14 +357,16 @@ class Plan:
                 kernels.group_rational_bwd_kernel[(splits, blocks)](
                     x2, go2, y2, a, b, partial, *self.x_args, splits,
                     *self.x_stride, c, 1, c, 1,
-                    BLOCK_S=bs, BLOCK_C=bc, ROW_REDUCE=rr, ACC_ROWS=1 if rr else bs, num_warps=warps)
+                    BLOCK_S=bs, BLOCK_C=bc, ROW_REDUCE=rr, ACC_ROWS=1 if rr else bs,
+                    num_warps=warps)
 
             bs, bc, warps, rr = _TUNER.pick(("bwd", x.device, x.dtype, s, c, c, groups), kernels.BWD_CONFIGS,
                                             bwd_launch)
         blocks = _cdiv(c, bc)
         splits = _num_splits(x, s, bs, blocks, warps)
         self.bwd = _Launch(kernels.group_rational_bwd_kernel, (splits, blocks),
-                           {"BLOCK_S": bs, "BLOCK_C": bc, "ROW_REDUCE": rr, "ACC_ROWS": 1 if rr else bs},
+                           {"BLOCK_S": bs, "BLOCK_C": bc, "ROW_REDUCE": rr,
+                            "ACC_ROWS": 1 if rr else bs},
                            warps, 6)
         # partial[p, g, j, k]: split p, group g, channel j of the group, term k
         self.partial_shape = (splits, groups, gs, kernels.NUM_ACC)

@@ -40,7 +40,8 @@ else:
     # for bf16 (128, 197, 3072) (BENCHMARKS.md). Backward configs: (BLOCK_S, BLOCK_C, warps,
     # ROW_REDUCE).
     FWD_CONFIGS = [(8, 256, 1), (64, 64, 4), (16, 128, 4), (32, 128, 4), (16, 256, 4), (8, 512, 4),
-                   (4, 1024, 4), (32, 256, 8), (16, 512, 8), (8, 256, 2), (4, 256, 1)]
+                   (4, 1024, 4), (32, 256, 8), (16, 512, 8), (8, 256, 2), (4, 256, 1), (4, 256, 2),
+                   (8, 128, 1), (2, 256, 1), (2, 1024, 4), (4, 512, 2)]
     BWD_CONFIGS = [(4, 128, 4, False), (8, 64, 4, False), (2, 256, 1, False), (4, 256, 1, False),
                    (2, 512, 2, False), (1, 1024, 4, False), (2, 1024, 4, False), (2, 128, 1, False),
                    (4, 128, 1, False), (16, 64, 4, False),
@@ -98,19 +99,48 @@ def group_rational_fwd_kernel(
     q = q * ax + b1
     q = q * ax + 1.0
     y = tl.fdiv(p, q)  # approximate rounding (<= 2 ulp): a few instructions instead of div.rn's many
+    tl.store(y_ptr + s[:, None] * stride_ys + cal * stride_yc, y.to(y_ptr.dtype.element_ty), mask=mask)
     # Far from 0 (|x| > ~4e7 with a nonzero x^5 term) P or Q overflows fp32 although P/Q is moderate.
     # There, evaluate the same function with P and Q divided by x^4 (v = 1/x):
     #   P/x^4 = a5 x + a4 + v (a3 + v (a2 + v (a1 + v a0))),  Q/x^4 = |b4| + |v| (|b3| + |v| (|b2| + |v| (|b1| + |v|)))
     overflowed = (tl.abs(p) == float("inf")) | (q == float("inf"))  # finite x cannot make them NaN
     scaled = overflowed & (ax < float("inf"))  # NaN/Inf inputs keep the direct form's NaN/Inf
-    if tl.max(tl.max(scaled.to(tl.int32), axis=1), axis=0) > 0:  # rare: skip the work in other tiles
+    if tl.max(tl.max(scaled.to(tl.int32), axis=1), axis=0) > 0:
+        # Rare: only tiles with such elements get here, and they overwrite those elements, one row
+        # at a time (registers are allocated for the kernel's peak, so a whole-tile branch would
+        # cost every tile occupancy; a row is small). Rows and coefficients are loaded again.
+        _fwd_scaled_fixup(x_ptr, y_ptr, a_ptr, b_ptr, pid_s * BLOCK_S, S, cal, ca, mask_c, C, GROUP_SIZE,
+                          a_group_stride, stride_xs, stride_xc, stride_ys, stride_yc, BLOCK_S)
+
+
+@triton.jit
+def _fwd_scaled_fixup(x_ptr, y_ptr, a_ptr, b_ptr, row0, S, cal, ca, mask_c, C, GROUP_SIZE,
+                      a_group_stride, stride_xs, stride_xc, stride_ys, stride_yc, BLOCK_S: tl.constexpr):
+    a0, a1, a2, a3, a4, a5, b1, b2, b3, b4 = _load_coefficients(
+        a_ptr, b_ptr, ca, mask_c, C, GROUP_SIZE, a_group_stride)
+    b1, b2, b3, b4 = tl.abs(b1), tl.abs(b2), tl.abs(b3), tl.abs(b4)
+    for r in range(BLOCK_S):
+        row = (row0 + r).to(tl.int64)
+        mask = mask_c[None, :] & (row < S)
+        x = tl.load(x_ptr + row * stride_xs + cal * stride_xc, mask=mask, other=0.0).to(tl.float32)
+        ax = tl.abs(x)
+        p = a5 * x + a4
+        p = p * x + a3
+        p = p * x + a2
+        p = p * x + a1
+        p = p * x + a0
+        q = b4 * ax + b3
+        q = q * ax + b2
+        q = q * ax + b1
+        q = q * ax + 1.0
+        scaled = ((tl.abs(p) == float("inf")) | (q == float("inf"))) & (ax < float("inf"))
         xs = tl.where(scaled, x, 2.0)
         v = tl.fdiv(tl.full(xs.shape, 1.0, tl.float32), xs)
         av = tl.abs(v)
         ps = a5 * xs + (a4 + v * (a3 + v * (a2 + v * (a1 + v * a0))))
         qs = b4 + av * (b3 + av * (b2 + av * (b1 + av)))
-        y = tl.where(scaled, tl.fdiv(ps, qs), y)
-    tl.store(y_ptr + s[:, None] * stride_ys + cal * stride_yc, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptr + row * stride_ys + cal * stride_yc, tl.fdiv(ps, qs).to(y_ptr.dtype.element_ty),
+                 mask=mask & scaled)
 
 
 @triton.jit
