@@ -175,12 +175,17 @@ _DIRECT = not _INTERPRET and os.environ.get("KAT_DIRECT_LAUNCH", "1") != "0"
 
 
 def _launch_hooks_set() -> bool:
-    """True when Triton launch hooks (profilers) are installed: launch through Triton then."""
+    """True when Triton launch hooks (profilers) are installed: launch through Triton then, so the
+    hooks see every launch with its metadata. Triton >= 3.5 keeps the hooks in (possibly empty)
+    HookChain objects, older versions in plain attributes that are None when unset."""
     try:
         from triton import knobs
     except ImportError:  # no knobs module: an older Triton; never launch directly
         return True
-    return knobs.runtime.launch_enter_hook is not None or knobs.runtime.launch_exit_hook is not None
+    for hook in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook):
+        if hook is not None and (not hasattr(hook, "calls") or hook.calls):
+            return True
+    return False
 
 
 class _Launch:
@@ -201,7 +206,7 @@ class _Launch:
     def __call__(self, *args):
         compiled = self.compiled
         aligned = all(t.data_ptr() % 16 == 0 for t in args[:self.n_ptr])
-        if compiled is not None and aligned:
+        if compiled is not None and aligned and not _launch_hooks_set():
             g = self.grid
             compiled.run(g[0], g[1], 1, torch._C._cuda_getCurrentRawStream(args[0].get_device()),
                          compiled.function, compiled.packed_metadata, None, None, None,
