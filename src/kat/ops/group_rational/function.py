@@ -169,9 +169,11 @@ def _kernels():
 # Direct launches
 
 # Launching through the compiled binary skips JITFunction.run's per-call argument binding,
-# specialisation and cache-key work (measured on the H200 VM: 16 us -> 7 us a launch).
-# KAT_DIRECT_LAUNCH=0 turns it off.
-_DIRECT = not _INTERPRET and os.environ.get("KAT_DIRECT_LAUNCH", "1") != "0"
+# specialisation and cache-key work (measured on the H200 VM for a trivial kernel: 16-20 us a
+# launch through Triton, 7-8 us through CompiledKernel.run). Opt-in (KAT_DIRECT_LAUNCH=1) until
+# tests/ops/test_fast_path.py::test_direct_launch_is_used_and_exact has passed on a GPU: the
+# first GPU run found the hook check (fixed since) disabling it, so the path is not yet verified.
+_DIRECT = not _INTERPRET and os.environ.get("KAT_DIRECT_LAUNCH", "0") == "1"
 
 
 def _launch_hooks_set() -> bool:
