@@ -232,6 +232,46 @@ def _operands(x, numerator, denominator, channel_dim):
     return layout, _as_matrix(x, channel_dim, layout), a, b, a_stride, c, groups
 
 
+def _fwd_consts(cfg) -> dict:
+    bs, bc, _warps = cfg
+    return {"BLOCK_S": bs, "BLOCK_C": bc}
+
+
+def _bwd_consts(cfg) -> dict:
+    bs, bc, _warps, row_reduce = cfg
+    return {"BLOCK_S": bs, "BLOCK_C": bc, "ROW_REDUCE": row_reduce, "ACC_ROWS": 1 if row_reduce else bs}
+
+
+def _fwd_grid(s: int, ca: int, cfg) -> tuple:
+    return (_cdiv(s, cfg[0]), _cdiv(ca, cfg[1]))
+
+
+def _bwd_grid(x: torch.Tensor, s: int, ca: int, cfg) -> tuple:
+    """(splits, column blocks) for the backward at this config."""
+    blocks = _cdiv(ca, cfg[1])
+    return (_num_splits(x, s, cfg[0], blocks, cfg[2]), blocks)
+
+
+def _launch_fwd(x2, y2, a, b, a_stride, c, groups, cfg):
+    """Forward through Triton's launcher on (S, CA) matrices x2 -> y2."""
+    s, ca = x2.shape
+    _kernels().group_rational_fwd_kernel[_fwd_grid(s, ca, cfg)](
+        x2, y2, a, b, s, ca, c, c // groups, a_stride, *x2.stride(), *y2.stride(),
+        **_fwd_consts(cfg), num_warps=cfg[2])
+
+
+def _launch_bwd(x2, g2, gx2, a, b, a_stride, c, groups, cfg) -> torch.Tensor:
+    """Backward through Triton's launcher; returns the partial sums (splits, CA, NUM_ACC)."""
+    kernels = _kernels()
+    s, ca = x2.shape
+    grid = _bwd_grid(x2, s, ca, cfg)
+    partial = torch.empty((grid[0], ca, kernels.NUM_ACC), dtype=torch.float32, device=x2.device)
+    kernels.group_rational_bwd_kernel[grid](
+        x2, g2, gx2, a, b, partial, s, ca, c, c // groups, a_stride, grid[0],
+        *x2.stride(), *g2.stride(), *gx2.stride(), **_bwd_consts(cfg), num_warps=cfg[2])
+    return partial
+
+
 def _forward(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
              channel_dim: int) -> torch.Tensor:
     kernels = _kernels()
@@ -243,11 +283,7 @@ def _forward(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor
     s, ca = x2.shape
 
     def launch(cfg):
-        bs, bc, warps = cfg
-        kernels.group_rational_fwd_kernel[(_cdiv(s, bs), _cdiv(ca, bc))](
-            x2, y2, a, b, s, ca, c, c // groups, a_stride,
-            x2.stride(0), x2.stride(1), y2.stride(0), y2.stride(1),
-            BLOCK_S=bs, BLOCK_C=bc, num_warps=warps)
+        _launch_fwd(x2, y2, a, b, a_stride, c, groups, cfg)
 
     with _launch_guard(x):
         launch(_TUNER.pick(("fwd", x.device, x.dtype, s, ca, c, groups), kernels.FWD_CONFIGS, launch))
@@ -279,16 +315,7 @@ def _backward(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor,
     s, ca = x2.shape
 
     def launch(cfg):
-        bs, bc, warps, row_reduce = cfg
-        blocks = _cdiv(ca, bc)
-        splits = _num_splits(x, s, bs, blocks, warps)
-        partial = torch.empty((splits, ca, kernels.NUM_ACC), dtype=torch.float32, device=x.device)
-        kernels.group_rational_bwd_kernel[(splits, blocks)](
-            x2, g2, gx2, a, b, partial, s, ca, c, c // groups, a_stride, splits,
-            x2.stride(0), x2.stride(1), g2.stride(0), g2.stride(1), gx2.stride(0), gx2.stride(1),
-            BLOCK_S=bs, BLOCK_C=bc, ROW_REDUCE=row_reduce, ACC_ROWS=1 if row_reduce else bs,
-            num_warps=warps)
-        return partial
+        return _launch_bwd(x2, g2, gx2, a, b, a_stride, c, groups, cfg)
 
     with _launch_guard(x):
         partial = launch(_TUNER.pick(("bwd", x.device, x.dtype, s, ca, c, groups), kernels.BWD_CONFIGS, launch))
@@ -324,7 +351,7 @@ def _(grad_out, x, numerator, denominator, channel_dim):
 class Plan:
     """What the kernels need for calls on channels-last ``x`` of one shape, strides, dtype and
     device, with coefficients of one shape: the matrix view's strides, the tuned configs and their
-    launchers. Per call, only the pointers change. Built by :func:`plan_for`."""
+    launchers. Per call, only the pointers change. Built on first use by ``group_rational``."""
 
     __slots__ = ("x_stride", "s", "c", "groups", "a_stride", "m1", "n", "shared",
                  "x_args", "fwd", "bwd", "partial_shape", "sum_dims")
@@ -344,39 +371,16 @@ class Plan:
         a, b = _padded(numerator, 6), _padded(denominator, 4)
         y2 = torch.empty_like(x2, memory_format=torch.contiguous_format)
         go2 = torch.empty_like(y2).normal_()
-
-        def fwd_launch(cfg):
-            bs, bc, warps = cfg
-            kernels.group_rational_fwd_kernel[(_cdiv(s, bs), _cdiv(c, bc))](
-                x2, y2, a, b, *self.x_args, *self.x_stride, c, 1,
-                BLOCK_S=bs, BLOCK_C=bc, num_warps=warps)
-
         with _launch_guard(x):
-            bs, bc, warps = _TUNER.pick(("fwd", x.device, x.dtype, s, c, c, groups), kernels.FWD_CONFIGS, fwd_launch)
-            self.fwd = _Launch(kernels.group_rational_fwd_kernel, (_cdiv(s, bs), _cdiv(c, bc)),
-                               {"BLOCK_S": bs, "BLOCK_C": bc}, warps, 4)
-
-            def bwd_launch(cfg):
-                bs, bc, warps, rr = cfg
-                blocks = _cdiv(c, bc)
-                splits = _num_splits(x, s, bs, blocks, warps)
-                partial = torch.empty((splits, c, kernels.NUM_ACC), dtype=torch.float32, device=x.device)
-                kernels.group_rational_bwd_kernel[(splits, blocks)](
-                    x2, go2, y2, a, b, partial, *self.x_args, splits,
-                    *self.x_stride, c, 1, c, 1,
-                    BLOCK_S=bs, BLOCK_C=bc, ROW_REDUCE=rr, ACC_ROWS=1 if rr else bs,
-                    num_warps=warps)
-
-            bs, bc, warps, rr = _TUNER.pick(("bwd", x.device, x.dtype, s, c, c, groups), kernels.BWD_CONFIGS,
-                                            bwd_launch)
-        blocks = _cdiv(c, bc)
-        splits = _num_splits(x, s, bs, blocks, warps)
-        self.bwd = _Launch(kernels.group_rational_bwd_kernel, (splits, blocks),
-                           {"BLOCK_S": bs, "BLOCK_C": bc, "ROW_REDUCE": rr,
-                            "ACC_ROWS": 1 if rr else bs},
-                           warps, 6)
+            fcfg = _TUNER.pick(("fwd", x.device, x.dtype, s, c, c, groups), kernels.FWD_CONFIGS,
+                               lambda cfg: _launch_fwd(x2, y2, a, b, self.a_stride, c, groups, cfg))
+            bcfg = _TUNER.pick(("bwd", x.device, x.dtype, s, c, c, groups), kernels.BWD_CONFIGS,
+                               lambda cfg: _launch_bwd(x2, go2, y2, a, b, self.a_stride, c, groups, cfg))
+        self.fwd = _Launch(kernels.group_rational_fwd_kernel, _fwd_grid(s, c, fcfg), _fwd_consts(fcfg), fcfg[2], 4)
+        grid = _bwd_grid(x, s, c, bcfg)
+        self.bwd = _Launch(kernels.group_rational_bwd_kernel, grid, _bwd_consts(bcfg), bcfg[2], 6)
         # partial[p, g, j, k]: split p, group g, channel j of the group, term k
-        self.partial_shape = (splits, groups, gs, kernels.NUM_ACC)
+        self.partial_shape = (grid[0], groups, gs, kernels.NUM_ACC)
         self.sum_dims = (0, 1, 2) if self.shared else (0, 2)
 
     def forward(self, x, numerator, denominator):

@@ -27,7 +27,7 @@ NUM_ACC = 10  # d/da_0..a_5 and d/d|b_1|..|b_4|
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 # Candidate tiles (BLOCK_S, BLOCK_C, num_warps); the host times them on first use of a shape
-# (function.py) and then launches the winner directly. Tiles with BLOCK_C = 32 * warps * vector
+# (function.py) and then keeps using the winner. Tiles with BLOCK_C = 32 * warps * vector
 # width give each thread one 16-byte column vector across all BLOCK_S rows, so the backward's
 # ten accumulators stay per-thread and the final row reduction needs no shuffles.
 if INTERPRET:
@@ -37,12 +37,12 @@ if INTERPRET:
     BWD_CONFIGS = [(32, 64, 4, True), (16, 64, 4, False)]
 else:
     # First entry: the default when tuning is off (KAT_AUTOTUNE=0); the best measured on an H200
-    # for bf16 (128, 197, 3072) (BENCHMARKS.md). Backward configs: (BLOCK_S, BLOCK_C, warps,
-    # ROW_REDUCE).
-    FWD_CONFIGS = [(8, 256, 1), (64, 64, 4), (16, 128, 4), (32, 128, 4), (16, 256, 4), (8, 512, 4),
+    # (Triton 3.6) for bf16 (128, 197, 3072) at commit 4056780: forward 165 us, backward 279 us
+    # (BENCHMARKS.md). Backward configs: (BLOCK_S, BLOCK_C, warps, ROW_REDUCE).
+    FWD_CONFIGS = [(32, 128, 4), (8, 256, 1), (64, 64, 4), (16, 128, 4), (16, 256, 4), (8, 512, 4),
                    (4, 1024, 4), (32, 256, 8), (16, 512, 8), (8, 256, 2), (4, 256, 1), (4, 256, 2),
                    (8, 128, 1), (2, 256, 1), (2, 1024, 4), (4, 512, 2)]
-    BWD_CONFIGS = [(4, 128, 4, False), (8, 64, 4, False), (2, 256, 1, False), (4, 256, 1, False),
+    BWD_CONFIGS = [(8, 64, 4, False), (4, 128, 4, False), (2, 256, 1, False), (4, 256, 1, False),
                    (2, 512, 2, False), (1, 1024, 4, False), (2, 1024, 4, False), (2, 128, 1, False),
                    (4, 128, 1, False), (16, 64, 4, False),
                    (8, 128, 4, True), (16, 128, 4, True), (32, 128, 4, True), (8, 256, 4, True),
@@ -70,6 +70,21 @@ def _load_coefficients(a_ptr, b_ptr, ca, mask_c, C, GROUP_SIZE, a_group_stride):
 
 
 @triton.jit
+def _pq(x, ax, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
+    """P(x) and Q(x) by Horner's rule (b already |b|): the direct form, fp32."""
+    p = a5 * x + a4
+    p = p * x + a3
+    p = p * x + a2
+    p = p * x + a1
+    p = p * x + a0
+    q = b4 * ax + b3
+    q = q * ax + b2
+    q = q * ax + b1
+    q = q * ax + 1.0
+    return p, q
+
+
+@triton.jit
 def group_rational_fwd_kernel(
     x_ptr, y_ptr, a_ptr, b_ptr,
     S, CA, C, GROUP_SIZE, a_group_stride,
@@ -89,15 +104,7 @@ def group_rational_fwd_kernel(
     cal = ca.to(tl.int64)[None, :]
     x = tl.load(x_ptr + s[:, None] * stride_xs + cal * stride_xc, mask=mask, other=0.0).to(tl.float32)
     ax = tl.abs(x)
-    p = a5 * x + a4
-    p = p * x + a3
-    p = p * x + a2
-    p = p * x + a1
-    p = p * x + a0
-    q = b4 * ax + b3
-    q = q * ax + b2
-    q = q * ax + b1
-    q = q * ax + 1.0
+    p, q = _pq(x, ax, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4)
     y = tl.fdiv(p, q)  # approximate rounding (<= 2 ulp): a few instructions instead of div.rn's many
     tl.store(y_ptr + s[:, None] * stride_ys + cal * stride_yc, y.to(y_ptr.dtype.element_ty), mask=mask)
     # Far from 0 (|x| > ~4e7 with a nonzero x^5 term) P or Q overflows fp32 although P/Q is moderate.
@@ -124,15 +131,7 @@ def _fwd_scaled_fixup(x_ptr, y_ptr, a_ptr, b_ptr, row0, S, cal, ca, mask_c, C, G
         mask = mask_c[None, :] & (row < S)
         x = tl.load(x_ptr + row * stride_xs + cal * stride_xc, mask=mask, other=0.0).to(tl.float32)
         ax = tl.abs(x)
-        p = a5 * x + a4
-        p = p * x + a3
-        p = p * x + a2
-        p = p * x + a1
-        p = p * x + a0
-        q = b4 * ax + b3
-        q = q * ax + b2
-        q = q * ax + b1
-        q = q * ax + 1.0
+        p, q = _pq(x, ax, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4)
         scaled = ((tl.abs(p) == float("inf")) | (q == float("inf"))) & (ax < float("inf"))
         xs = tl.where(scaled, x, 2.0)
         v = tl.fdiv(tl.full(xs.shape, 1.0, tl.float32), xs)
@@ -208,19 +207,11 @@ def group_rational_bwd_kernel(
         x3 = x2 * x
         x4 = x2 * x2
         x5 = x4 * x
-        p = a5 * x + a4
-        p = p * x + a3
-        p = p * x + a2
-        p = p * x + a1
-        p = p * x + a0
+        p, q = _pq(x, ax, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4)
         dp = 5.0 * a5 * x + 4.0 * a4
         dp = dp * x + 3.0 * a3
         dp = dp * x + 2.0 * a2
         dp = dp * x + a1
-        q = b4 * ax + b3
-        q = q * ax + b2
-        q = q * ax + b1
-        q = q * ax + 1.0
         dq = 4.0 * b4 * ax + 3.0 * b3
         dq = dq * ax + 2.0 * b2
         dq = dq * ax + b1
