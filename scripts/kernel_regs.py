@@ -27,9 +27,6 @@ from triton.compiler import ASTSource  # noqa: E402
 from kat.ops.group_rational import function as fn  # noqa: E402
 from kat.ops.group_rational import kernels  # noqa: E402
 
-FP32_PTRS = {"a_ptr", "b_ptr", "partial_ptr"}
-
-
 def _ptxas() -> str:
     import triton.backends.nvidia as nvidia
     for root, _dirs, files in os.walk(os.path.dirname(nvidia.__file__)):
@@ -39,14 +36,7 @@ def _ptxas() -> str:
 
 
 def usage(kernel, constexprs: dict, warps: int, dtype: str, arch: int) -> str:
-    sig = {}
-    for p in kernel.params:
-        if p.is_constexpr:
-            sig[p.name] = "constexpr"
-        elif p.name.endswith("_ptr"):
-            sig[p.name] = "*fp32" if p.name in FP32_PTRS else "*" + dtype
-        else:
-            sig[p.name] = "i32"
+    sig = kernels.compile_signature(kernel, dtype)
     compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=constexprs),
                               target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:

@@ -19,7 +19,6 @@ SCRIPT = textwrap.dedent('''
     from triton.compiler import ASTSource
     from kat.ops.group_rational import kernels
 
-    FP32_PTRS = {"a_ptr", "b_ptr", "partial_ptr"}
     # the forward's default config, and the backward's first config of each accumulator scheme
     bwd_rr = next(c for c in kernels.BWD_CONFIGS if c[3])
     bwd_plain = next(c for c in kernels.BWD_CONFIGS if not c[3])
@@ -30,14 +29,7 @@ SCRIPT = textwrap.dedent('''
                       {"BLOCK_S": bs, "BLOCK_C": bc, "ROW_REDUCE": rr, "ACC_ROWS": 1 if rr else bs}))
     for kernel, constexprs in cases:
         for dtype in ("fp32", "bf16", "fp16"):
-            sig = {}
-            for p in kernel.params:
-                if p.is_constexpr:
-                    sig[p.name] = "constexpr"
-                elif p.name.endswith("_ptr"):
-                    sig[p.name] = "*fp32" if p.name in FP32_PTRS else "*" + dtype
-                else:
-                    sig[p.name] = "i32"
+            sig = kernels.compile_signature(kernel, dtype)
             src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
             compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32))
             assert len(compiled.asm["cubin"]) > 1000

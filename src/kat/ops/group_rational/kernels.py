@@ -247,3 +247,18 @@ def group_rational_bwd_kernel(
     tl.store(out + 7, tl.sum(acc_b2, axis=0) * tl.where(sb2 < 0, -1.0, 1.0).reshape([BLOCK_C]), mask=mask_c)
     tl.store(out + 8, tl.sum(acc_b3, axis=0) * tl.where(sb3 < 0, -1.0, 1.0).reshape([BLOCK_C]), mask=mask_c)
     tl.store(out + 9, tl.sum(acc_b4, axis=0) * tl.where(sb4 < 0, -1.0, 1.0).reshape([BLOCK_C]), mask=mask_c)
+
+
+def compile_signature(kernel, dtype: str) -> dict:
+    """Triton signature to compile ``kernel`` ahead of time (tests/ops/test_kernel_build.py,
+    scripts/kernel_regs.py): data pointers in ``dtype`` ("fp32"/"bf16"/"fp16"), coefficient and
+    partial-sum pointers fp32, integers i32, constexprs as such."""
+    sig = {}
+    for p in kernel.params:
+        if p.is_constexpr:
+            sig[p.name] = "constexpr"
+        elif p.name.endswith("_ptr"):
+            sig[p.name] = "*fp32" if p.name in ("a_ptr", "b_ptr", "partial_ptr") else "*" + dtype
+        else:
+            sig[p.name] = "i32"
+    return sig
