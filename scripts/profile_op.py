@@ -17,23 +17,14 @@ from kat.ops.group_rational import function as fn
 from kat.ops.group_rational import kernels as K
 
 
-def _consts(cfg):
-    """Kernel keyword arguments for a config: (BLOCK_S, BLOCK_C, warps[, ROW_REDUCE])."""
-    bs, bc, w = cfg[:3]
-    kw = {"BLOCK_S": bs, "BLOCK_C": bc, "num_warps": w}
-    if len(cfg) > 3:
-        kw.update(ROW_REDUCE=cfg[3], ACC_ROWS=1 if cfg[3] else bs)
-    return kw
-
-
-def sweep(kernel, configs, grid_fn, args, bytes_moved, bw):
+def sweep(kernel, configs, consts, grid_fn, args, bytes_moved, bw):
     rows = []
     for cfg in configs:
         bs, bc, w = cfg[:3]
         grid = grid_fn(bs, bc, w)
         try:
-            compiled = kernel[grid](*args(bs, bc, w), **_consts(cfg))
-            ms = do_bench(lambda: kernel[grid](*args(bs, bc, w), **_consts(cfg)),
+            compiled = kernel[grid](*args(bs, bc, w), **consts(cfg), num_warps=w)
+            ms = do_bench(lambda: kernel[grid](*args(bs, bc, w), **consts(cfg), num_warps=w),
                           warmup=10, rep=60, return_mode="median")
             rows.append((ms, cfg, getattr(compiled, "n_regs", "?"), getattr(compiled, "n_spills", "?")))
         except Exception as e:  # a config the hardware rejects (registers, shared memory)
@@ -69,7 +60,7 @@ def main():
         print(f"C={c} {args.dtype}: x {tuple(x.shape)}, {nbytes / 1e6:.1f} MB")
         y = torch.empty_like(xs)
         print("  forward kernel, best configs:")
-        sweep(K.group_rational_fwd_kernel, K.FWD_CONFIGS,
+        sweep(K.group_rational_fwd_kernel, K.FWD_CONFIGS, fn._fwd_consts,
               lambda bs, bc, w: (triton_cdiv(s, bs), triton_cdiv(ca, bc)),
               lambda bs, bc, w: (xs, y, a, b, s, ca, c, c // 8, 0, c, 1, c, 1), 2 * nbytes, bw)
         gx = torch.empty_like(xs)
@@ -82,7 +73,7 @@ def main():
             return (xs, go.view(-1, c), gx, a, b, parts[(bs, bc, w)], s, ca, c, c // 8, 0, splits, c, 1, c, 1, c, 1)
 
         print("  backward kernel, best configs:")
-        sweep(K.group_rational_bwd_kernel, K.BWD_CONFIGS,
+        sweep(K.group_rational_bwd_kernel, K.BWD_CONFIGS, fn._bwd_consts,
               lambda bs, bc, w: (fn._num_splits(x, s, bs, triton_cdiv(ca, bc), w), triton_cdiv(ca, bc)),
               bwd_args, 3 * nbytes, bw)
 

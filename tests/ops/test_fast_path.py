@@ -46,6 +46,27 @@ def test_backward_accumulator_schemes(row_reduce, shared, device, monkeypatch, f
     assert fn._TUNER.cache[key][3] == row_reduce
 
 
+@pytest.mark.parametrize("select", [True, False])
+def test_forward_overflow_variants(select, device, monkeypatch, fresh_plans):
+    """Where P or Q overflows fp32 the forward evaluates the scaled form: per element in both
+    forms (SELECT) or in a row-by-row fix-up of the tiles that need it. Both give the reference's
+    values (which does the same in PyTorch), including in tiles mixing huge, normal, NaN and Inf."""
+    configs = [c for c in kernels.FWD_CONFIGS if c[3] == select]
+    assert configs, "the config list must offer both forward variants"
+    monkeypatch.setattr(kernels, "FWD_CONFIGS", configs)
+    a, b = _coeffs(groups=8, shared=False, device=device)
+    x = torch.randn(3, 37, 200, device=device)
+    x[0, :5] = 1e30
+    x[1, 3, 7] = -3e9
+    x[2, 0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    y = kat.group_rational(x, a, b, impl="triton")
+    ref = kat.group_rational(x, a, b, impl="torch")
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert torch.isfinite(y[0, :5]).all()  # the direct form alone would give NaN/Inf/0 there
+    key = next(k for k in fn._TUNER.cache if k[0] == "fwd")
+    assert fn._TUNER.cache[key][3] == select
+
+
 def test_plan_matches_general_path(device, fresh_plans):
     """The plan launches the same kernels at the same configs as the general path: the same output
     and grad_x bit for bit; the coefficient gradients sum the same partials through differently

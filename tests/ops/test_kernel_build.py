@@ -19,14 +19,16 @@ SCRIPT = textwrap.dedent('''
     from triton.compiler import ASTSource
     from kat.ops.group_rational import kernels
 
-    # the forward's default config, and the backward's first config of each accumulator scheme
-    bwd_rr = next(c for c in kernels.BWD_CONFIGS if c[3])
-    bwd_plain = next(c for c in kernels.BWD_CONFIGS if not c[3])
-    cases = [(kernels.group_rational_fwd_kernel, {"BLOCK_S": kernels.FWD_CONFIGS[0][0],
-                                                  "BLOCK_C": kernels.FWD_CONFIGS[0][1]})]
-    for bs, bc, _warps, rr in (bwd_plain, bwd_rr):
-        cases.append((kernels.group_rational_bwd_kernel,
-                      {"BLOCK_S": bs, "BLOCK_C": bc, "ROW_REDUCE": rr, "ACC_ROWS": 1 if rr else bs}))
+    from kat.ops.group_rational import function as fn
+
+    # each kernel's default config, and the first config of its other variant (forward: SELECT;
+    # backward: ROW_REDUCE)
+    cases = []
+    for kernel, configs, consts in ((kernels.group_rational_fwd_kernel, kernels.FWD_CONFIGS, fn._fwd_consts),
+                                    (kernels.group_rational_bwd_kernel, kernels.BWD_CONFIGS, fn._bwd_consts)):
+        first = configs[0]
+        other = next(c for c in configs if c[3] != first[3])
+        cases += [(kernel, consts(first)), (kernel, consts(other))]
     for kernel, constexprs in cases:
         for dtype in ("fp32", "bf16", "fp16"):
             sig = kernels.compile_signature(kernel, dtype)
@@ -45,4 +47,4 @@ def test_kernels_compile_for_sm90():
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count(" ok") == 9, run.stdout
+    assert run.stdout.count(" ok") == 12, run.stdout

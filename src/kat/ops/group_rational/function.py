@@ -233,8 +233,8 @@ def _operands(x, numerator, denominator, channel_dim):
 
 
 def _fwd_consts(cfg) -> dict:
-    bs, bc, _warps = cfg
-    return {"BLOCK_S": bs, "BLOCK_C": bc}
+    bs, bc, _warps, select = cfg
+    return {"BLOCK_S": bs, "BLOCK_C": bc, "SELECT": select}
 
 
 def _bwd_consts(cfg) -> dict:

@@ -26,22 +26,26 @@ NUM_ACC = 10  # d/da_0..a_5 and d/d|b_1|..|b_4|
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# Candidate tiles (BLOCK_S, BLOCK_C, num_warps); the host times them on first use of a shape
+# Candidate tiles (BLOCK_S, BLOCK_C, num_warps, variant flag); the host times them on first use of a shape
 # (function.py) and then keeps using the winner. Tiles with BLOCK_C = 32 * warps * vector
 # width give each thread one 16-byte column vector across all BLOCK_S rows, so the backward's
 # ten accumulators stay per-thread and the final row reduction needs no shuffles.
 if INTERPRET:
     # The interpreter is for correctness on the CPU, where timing means nothing: the first config is
     # the one used; tests run the others explicitly (both accumulator schemes of the backward).
-    FWD_CONFIGS = [(64, 64, 4)]
+    FWD_CONFIGS = [(64, 64, 4, False), (32, 64, 4, True)]
     BWD_CONFIGS = [(32, 64, 4, True), (16, 64, 4, False)]
 else:
     # First entry: the default when tuning is off (KAT_AUTOTUNE=0); the best measured on an H200
     # (Triton 3.6) for bf16 (128, 197, 3072) at commit 4056780: forward 165 us, backward 279 us
-    # (BENCHMARKS.md). Backward configs: (BLOCK_S, BLOCK_C, warps, ROW_REDUCE).
-    FWD_CONFIGS = [(32, 128, 4), (8, 256, 1), (64, 64, 4), (16, 128, 4), (16, 256, 4), (8, 512, 4),
-                   (4, 1024, 4), (32, 256, 8), (16, 512, 8), (8, 256, 2), (4, 256, 1), (4, 256, 2),
-                   (8, 128, 1), (2, 256, 1), (2, 1024, 4), (4, 512, 2)]
+    # (BENCHMARKS.md). Forward configs: (BLOCK_S, BLOCK_C, warps, SELECT); backward configs:
+    # (BLOCK_S, BLOCK_C, warps, ROW_REDUCE). SELECT variants were added after the last GPU run.
+    FWD_CONFIGS = [(32, 128, 4, False), (8, 256, 1, False), (64, 64, 4, False), (16, 128, 4, False),
+                   (16, 256, 4, False), (8, 512, 4, False), (4, 1024, 4, False), (32, 256, 8, False),
+                   (16, 512, 8, False), (8, 256, 2, False), (4, 256, 1, False), (4, 256, 2, False),
+                   (8, 128, 1, False), (2, 256, 1, False), (2, 1024, 4, False), (4, 512, 2, False),
+                   (32, 128, 4, True), (16, 128, 4, True), (16, 256, 4, True), (8, 256, 2, True),
+                   (8, 256, 1, True), (4, 256, 1, True), (8, 128, 1, True)]
     BWD_CONFIGS = [(8, 64, 4, False), (4, 128, 4, False), (2, 256, 1, False), (4, 256, 1, False),
                    (2, 512, 2, False), (1, 1024, 4, False), (2, 1024, 4, False), (2, 128, 1, False),
                    (4, 128, 1, False), (16, 64, 4, False),
@@ -89,7 +93,7 @@ def group_rational_fwd_kernel(
     x_ptr, y_ptr, a_ptr, b_ptr,
     S, CA, C, GROUP_SIZE, a_group_stride,
     stride_xs, stride_xc, stride_ys, stride_yc,
-    BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, SELECT: tl.constexpr,
 ):
     pid_s = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -106,18 +110,36 @@ def group_rational_fwd_kernel(
     ax = tl.abs(x)
     p, q = _pq(x, ax, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4)
     y = tl.fdiv(p, q)  # approximate rounding (<= 2 ulp): a few instructions instead of div.rn's many
-    tl.store(y_ptr + s[:, None] * stride_ys + cal * stride_yc, y.to(y_ptr.dtype.element_ty), mask=mask)
     # Far from 0 (|x| > ~4e7 with a nonzero x^5 term) P or Q overflows fp32 although P/Q is moderate.
-    # There, evaluate the same function with P and Q divided by x^4 (v = 1/x):
-    #   P/x^4 = a5 x + a4 + v (a3 + v (a2 + v (a1 + v a0))),  Q/x^4 = |b4| + |v| (|b3| + |v| (|b2| + |v| (|b1| + |v|)))
+    # There, evaluate the same function with P and Q divided by x^4 (_scaled_form).
     overflowed = (tl.abs(p) == float("inf")) | (q == float("inf"))  # finite x cannot make them NaN
     scaled = overflowed & (ax < float("inf"))  # NaN/Inf inputs keep the direct form's NaN/Inf
-    if tl.max(tl.max(scaled.to(tl.int32), axis=1), axis=0) > 0:
-        # Rare: only tiles with such elements get here, and they overwrite those elements, one row
-        # at a time (registers are allocated for the kernel's peak, so a whole-tile branch would
-        # cost every tile occupancy; a row is small). Rows and coefficients are loaded again.
-        _fwd_scaled_fixup(x_ptr, y_ptr, a_ptr, b_ptr, pid_s * BLOCK_S, S, cal, ca, mask_c, C, GROUP_SIZE,
-                          a_group_stride, stride_xs, stride_xc, stride_ys, stride_yc, BLOCK_S)
+    y_ptrs = y_ptr + s[:, None] * stride_ys + cal * stride_yc
+    if SELECT:
+        # Both forms for every element, chosen element-wise: more arithmetic, no tile-wide test.
+        y = tl.where(scaled, _scaled_form(x, scaled, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4), y)
+        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
+        if tl.max(tl.max(scaled.to(tl.int32), axis=1), axis=0) > 0:
+            # Rare: only tiles with such elements get here, and they overwrite those elements, one
+            # row at a time (registers are allocated for the kernel's peak, so a whole-tile branch
+            # would cost every tile occupancy; a row is small). Rows and coefficients are reloaded.
+            _fwd_scaled_fixup(x_ptr, y_ptr, a_ptr, b_ptr, pid_s * BLOCK_S, S, cal, ca, mask_c, C,
+                              GROUP_SIZE, a_group_stride, stride_xs, stride_xc, stride_ys, stride_yc,
+                              BLOCK_S)
+
+
+@triton.jit
+def _scaled_form(x, scaled, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
+    """P/Q as (P/x^4) / (Q/x^4) with v = 1/x, where ``scaled`` (elsewhere 2.0 stands in for x):
+    P/x^4 = a5 x + a4 + v (a3 + v (a2 + v (a1 + v a0))),  Q/x^4 = |b4| + |v| (|b3| + |v| (|b2| + |v| (|b1| + |v|)))."""
+    xs = tl.where(scaled, x, 2.0)
+    v = tl.fdiv(tl.full(xs.shape, 1.0, tl.float32), xs)
+    av = tl.abs(v)
+    ps = a5 * xs + (a4 + v * (a3 + v * (a2 + v * (a1 + v * a0))))
+    qs = b4 + av * (b3 + av * (b2 + av * (b1 + av)))
+    return tl.fdiv(ps, qs)
 
 
 @triton.jit
@@ -133,12 +155,8 @@ def _fwd_scaled_fixup(x_ptr, y_ptr, a_ptr, b_ptr, row0, S, cal, ca, mask_c, C, G
         ax = tl.abs(x)
         p, q = _pq(x, ax, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4)
         scaled = ((tl.abs(p) == float("inf")) | (q == float("inf"))) & (ax < float("inf"))
-        xs = tl.where(scaled, x, 2.0)
-        v = tl.fdiv(tl.full(xs.shape, 1.0, tl.float32), xs)
-        av = tl.abs(v)
-        ps = a5 * xs + (a4 + v * (a3 + v * (a2 + v * (a1 + v * a0))))
-        qs = b4 + av * (b3 + av * (b2 + av * (b1 + av)))
-        tl.store(y_ptr + row * stride_ys + cal * stride_yc, tl.fdiv(ps, qs).to(y_ptr.dtype.element_ty),
+        tl.store(y_ptr + row * stride_ys + cal * stride_yc,
+                 _scaled_form(x, scaled, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4).to(y_ptr.dtype.element_ty),
                  mask=mask & scaled)
 
 
