@@ -119,6 +119,10 @@ def test_cached_calls_still_validate(device, fresh_plans):
         kat.group_rational(torch.randn(2, 5, 12, device=device), a, b, impl="triton")
     with pytest.raises(ValueError, match="impl"):
         kat.group_rational(x, a, b, impl="cuda")
+    with pytest.raises(ValueError, match="impl"):
+        kat.group_rational(x, a, b, impl=["triton"])  # unhashable: still the impl message
+    with pytest.raises(TypeError, match="numerator"):
+        kat.group_rational(x, a.numpy() if a.device.type == "cpu" else a.cpu().numpy(), b, impl="triton")
 
 
 def test_autocast_keeps_input_dtype(device, fresh_plans):

@@ -63,9 +63,9 @@ def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.
             key = (impl, channel_dim, x.shape, x.stride(), x.dtype, x.device,
                    numerator.shape, numerator.dtype, numerator.device,
                    denominator.shape, denominator.dtype, denominator.device)
-        except AttributeError:
-            key = None  # not tensors: the checks below name the problem
-        plan = _PLANS.get(key) if key is not None else False
+            plan = _PLANS.get(key)
+        except (AttributeError, TypeError):  # not tensors, or an unhashable impl: the checks below say
+            plan = False
         if plan is None:
             plan = _new_plan(x, numerator, denominator, impl, channel_dim)
             if len(_PLANS) >= 4096:  # many distinct shapes: start over rather than grow without bound
