@@ -109,7 +109,7 @@ def _graphed(step):
     return graph.replay
 
 
-def bench_model(name: str, batch: int, infer_batch: int, dtype: torch.dtype, compile_: bool,
+def bench_model(name: str, batch: int, infer_batch: int, dtype: torch.dtype, compile_: str | None,
                 iters: int, warmup: int, repeats: int, cuda_graphs: bool = False, kat_kwargs=None) -> dict:
     import timm
 
@@ -117,7 +117,7 @@ def bench_model(name: str, batch: int, infer_batch: int, dtype: torch.dtype, com
     torch.manual_seed(0)
     model = timm.create_model(name, **(kat_kwargs if name.startswith("kat_") and kat_kwargs else {})).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True, capturable=cuda_graphs)
-    run = torch.compile(model) if compile_ else model
+    run = torch.compile(model, mode=compile_) if compile_ else model
     x = torch.randn(batch, 3, 224, 224, device="cuda")
     y = torch.randint(0, 1000, (batch,), device="cuda")
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -190,7 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--batch", type=int, default=128)
     m.add_argument("--infer-batch", type=int, default=256)
     m.add_argument("--dtype", default="bf16", choices=list(DTYPES))
-    m.add_argument("--compile", action="store_true", help="torch.compile both models")
+    m.add_argument("--compile", nargs="?", const="default", default=None,
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="torch.compile both models with this mode (bare --compile: default)")
     m.add_argument("--cuda-graphs", action="store_true", help="replay each step as a CUDA graph (no host overhead)")
     m.add_argument("--recompute-act1", action="store_true",
                    help="KAT: recompute act1's output in backward (kat.fused.rational_linear) to save memory")
