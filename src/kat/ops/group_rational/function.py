@@ -205,18 +205,20 @@ class _Launch:
         self.const_values = tuple(consts.values())
         self.compiled = None
 
+    def _aligned(self, args) -> bool:
+        return all(t.data_ptr() % 16 == 0 for t in args[:self.n_ptr])
+
     def __call__(self, *args):
-        compiled = self.compiled
-        aligned = all(t.data_ptr() % 16 == 0 for t in args[:self.n_ptr])
-        if compiled is not None and aligned and not _launch_hooks_set():
+        compiled = self.compiled  # only ever set when direct launches are on
+        if compiled is not None and self._aligned(args) and not _launch_hooks_set():
             g = self.grid
             compiled.run(g[0], g[1], 1, torch._C._cuda_getCurrentRawStream(args[0].get_device()),
                          compiled.function, compiled.packed_metadata, None, None, None,
                          *args, *self.const_values)
             return
         ret = self.kernel[self.grid](*args, **self.consts, num_warps=self.num_warps)
-        if _DIRECT and aligned and args[0].is_cuda and hasattr(ret, "packed_metadata") \
-                and not _launch_hooks_set():
+        if _DIRECT and compiled is None and args[0].is_cuda and hasattr(ret, "packed_metadata") \
+                and self._aligned(args) and not _launch_hooks_set():
             self.compiled = ret
 
 
@@ -319,15 +321,24 @@ def _backward(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor,
 
     with _launch_guard(x):
         partial = launch(_TUNER.pick(("bwd", x.device, x.dtype, s, ca, c, groups), kernels.BWD_CONFIGS, launch))
-    # Deterministic reductions (no atomics) over splits, outer copies of a channel and the channels
-    # of a group; the kernel has already applied sign(b) to the denominator terms.
-    m1, n = numerator.shape[1], denominator.shape[1]
-    per_group = partial.view(partial.shape[0], -1, groups, c // groups, kernels.NUM_ACC).sum(dim=(0, 1, 3))
-    grad_num = per_group[:, :m1]
-    if numerator.shape[0] == 1:
-        grad_num = grad_num.sum(0, keepdim=True)
-    grad_den = per_group[:, 6:6 + n]
-    return gx, grad_num.to(numerator.dtype), grad_den.to(denominator.dtype)
+    partial = partial.view(partial.shape[0], -1, groups, c // groups, kernels.NUM_ACC)
+    return (gx, *_coefficient_grads(partial, numerator, denominator))
+
+
+def _coefficient_grads(partial: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor):
+    """Coefficient gradients from the backward kernel's partial sums, seen as (splits, outer copies
+    of a channel, G, channels of a group, NUM_ACC). Deterministic reductions (no atomics); the
+    kernel has already applied sign(b) to the denominator terms."""
+    shared = numerator.shape[0] == 1
+    grad_num = partial.narrow(4, 0, numerator.shape[1]).sum((0, 1, 2, 3) if shared else (0, 1, 3))
+    if shared:
+        grad_num = grad_num.unsqueeze(0)
+    grad_den = partial.narrow(4, 6, denominator.shape[1]).sum((0, 1, 3))
+    if numerator.dtype != grad_num.dtype:
+        grad_num = grad_num.to(numerator.dtype)
+    if denominator.dtype != grad_den.dtype:
+        grad_den = grad_den.to(denominator.dtype)
+    return grad_num, grad_den
 
 
 @torch.library.custom_op("kat::group_rational_bwd", mutates_args=())
@@ -353,19 +364,16 @@ class Plan:
     device, with coefficients of one shape: the matrix view's strides, the tuned configs and their
     launchers. Per call, only the pointers change. Built on first use by ``group_rational``."""
 
-    __slots__ = ("x_stride", "s", "c", "groups", "a_stride", "m1", "n", "shared",
-                 "x_args", "fwd", "bwd", "partial_shape", "sum_dims")
+    __slots__ = ("x_stride", "c", "a_stride", "x_args", "fwd", "bwd", "partial_shape")
 
     def __init__(self, x, numerator, denominator):
         kernels = _kernels()
         c, groups = x.shape[-1], denominator.shape[0]
         x2 = x.view(-1, c)
         self.x_stride = x2.stride()  # the row stride of the view, whatever x's own strides say
-        self.s, self.c, self.groups = x2.shape[0], c, groups
-        self.shared = numerator.shape[0] == 1
-        self.a_stride = 0 if self.shared else 6
-        self.m1, self.n = numerator.shape[1], denominator.shape[1]
-        s, gs = self.s, c // groups
+        self.c = c
+        self.a_stride = 0 if numerator.shape[0] == 1 else 6
+        s, gs = x2.shape[0], c // groups
         # Integer arguments after the pointers, fixed for the plan.
         self.x_args = (s, c, c, gs, self.a_stride)
         a, b = _padded(numerator, 6), _padded(denominator, 4)
@@ -379,9 +387,8 @@ class Plan:
         self.fwd = _Launch(kernels.group_rational_fwd_kernel, _fwd_grid(s, c, fcfg), _fwd_consts(fcfg), fcfg[2], 4)
         grid = _bwd_grid(x, s, c, bcfg)
         self.bwd = _Launch(kernels.group_rational_bwd_kernel, grid, _bwd_consts(bcfg), bcfg[2], 6)
-        # partial[p, g, j, k]: split p, group g, channel j of the group, term k
-        self.partial_shape = (grid[0], groups, gs, kernels.NUM_ACC)
-        self.sum_dims = (0, 1, 2) if self.shared else (0, 2)
+        # partial[p, 0, g, j, k]: split p, (one copy of each channel), group g, channel j, term k
+        self.partial_shape = (grid[0], 1, groups, gs, kernels.NUM_ACC)
 
     def forward(self, x, numerator, denominator):
         y = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -398,22 +405,12 @@ class Plan:
         with _launch_guard(x):
             self.bwd(x, grad_out, gx, _padded(numerator, 6), _padded(denominator, 4), partial,
                      *self.x_args, self.partial_shape[0], *self.x_stride, self.c, 1, self.c, 1)
-        # Deterministic reductions (no atomics): splits and channels of a group (and the groups,
-        # for a shared numerator); the kernel has already applied sign(b) to the denominator terms.
-        grad_num = partial.narrow(3, 0, self.m1).sum(self.sum_dims)
-        if self.shared:
-            grad_num = grad_num.unsqueeze(0)
-        grad_den = partial.narrow(3, 6, self.n).sum((0, 2))
-        if numerator.dtype != torch.float32:
-            grad_num = grad_num.to(numerator.dtype)
-        if denominator.dtype != torch.float32:
-            grad_den = grad_den.to(denominator.dtype)
-        return gx, grad_num, grad_den
+        return (gx, *_coefficient_grads(partial, numerator, denominator))
 
 
 def _plannable(x: torch.Tensor) -> bool:
-    """Channels last with rows that collapse to one stride (``x.view(-1, C)`` works)."""
-    if x.dim() == 0 or x.numel() == 0:
+    """Rows that collapse to one stride (``x.view(-1, C)`` works) and something to compute."""
+    if x.numel() == 0:
         return False
     try:
         x.view(-1, x.shape[-1])

@@ -12,8 +12,8 @@ nothing to P, a zero denominator term adds nothing to Q).
 The backward kernel is persistent along the stream axis: program (p, k) walks stream tiles
 p, p + P, p + 2P, ... of channel block k (loading tile i + P while computing tile i), accumulates
 the ten coefficient-gradient terms in fp32 registers and writes one partial per channel-axis
-element to ``partial[p, ca, :]`` (denominator terms already multiplied by sign(b)). The host sums the partials in a fixed order, so coefficient
-gradients are bitwise reproducible (no atomics).
+element to ``partial[p, ca, :]`` (denominator terms already multiplied by sign(b)). The host sums
+the partials in a fixed order, so coefficient gradients are bitwise reproducible (no atomics).
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ NUM_ACC = 10  # d/da_0..a_5 and d/d|b_1|..|b_4|
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# Candidate tiles (BLOCK_S, BLOCK_C, num_warps, variant flag); the host times them on first use of a shape
-# (function.py) and then keeps using the winner. Tiles with BLOCK_C = 32 * warps * vector
+# Candidate tiles (BLOCK_S, BLOCK_C, num_warps, variant flag); the host times them on first use of
+# a shape (function.py) and then keeps using the winner. Tiles with BLOCK_C = 32 * warps * vector
 # width give each thread one 16-byte column vector across all BLOCK_S rows, so the backward's
 # ten accumulators stay per-thread and the final row reduction needs no shuffles.
 if INTERPRET:
