@@ -13,10 +13,12 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 os.environ.setdefault("KAT_AUTOTUNE", "0")  # correctness tests need not time kernel configs
 
-# The golden data lives in shared/golden beside the checkout (or inside it); KAT_GOLDEN_DIR overrides.
+# The golden data lives in shared/golden beside the checkout (or inside it, or in .data/golden where
+# the device tool carries it); KAT_GOLDEN_DIR overrides.
 _ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = next((p for p in (Path(os.environ.get("KAT_GOLDEN_DIR", "/nonexistent")),
-                           _ROOT.parent / "shared" / "golden", _ROOT / "shared" / "golden") if p.is_dir()),
+                           _ROOT.parent / "shared" / "golden", _ROOT / "shared" / "golden", _ROOT / ".data" / "golden")
+            if p.is_dir()),
               _ROOT.parent / "shared" / "golden")
 
 

@@ -140,7 +140,7 @@ def test_autocast_keeps_input_dtype(device, fresh_plans):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="direct launches exist on CUDA only")
 def test_direct_launch_is_used_and_exact(fresh_plans, monkeypatch):
-    monkeypatch.setattr(fn, "_DIRECT", True)  # opt-in by default (KAT_DIRECT_LAUNCH=1)
+    monkeypatch.setattr(fn, "_DIRECT", True)  # on by default; KAT_DIRECT_LAUNCH=0 turns it off
     a, b = _coeffs(device="cuda")
     x = torch.randn(8, 197, 192, device="cuda", dtype=torch.bfloat16)
     go = torch.randn_like(x)
@@ -154,6 +154,34 @@ def test_direct_launch_is_used_and_exact(fresh_plans, monkeypatch):
     xo = torch.randn(8 * 197 * 192 + 1, device="cuda", dtype=torch.bfloat16)[1:].view_as(x)
     y = kat.group_rational(xo, a, b, impl="triton")
     assert rel_err(y, formula64(xo, a, b, torch.ones_like(xo), -1)[0]) <= 1e-2
+
+
+def test_direct_launch_falls_back_when_the_launcher_rejects_the_call(monkeypatch):
+    """A Triton whose launcher takes other arguments raises TypeError before launching: that launch
+    and every later one go through Triton's own path, and direct launches are off for the process."""
+    monkeypatch.setattr(fn, "_DIRECT", True)
+    monkeypatch.setattr(fn, "_launch_hooks_set", lambda: False)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 0, raising=False)
+    jit_calls = []
+
+    class Kernel:  # stands in for a JITFunction: kernel[grid](*args, **consts, num_warps=...)
+        def __getitem__(self, grid):
+            return lambda *args, **kw: jit_calls.append((grid, args, kw))
+
+    class Rejecting:  # a CompiledKernel whose launcher has another signature
+        function = packed_metadata = None
+
+        def run(self, *args):
+            raise TypeError("launcher() takes 12 positional arguments")
+
+    launch = fn._Launch(Kernel(), (3, 2), {"BLOCK_S": 8}, 4, n_ptr=1)
+    launch.compiled = Rejecting()
+    x = torch.zeros(16)
+    launch(x, 5)
+    assert fn._DIRECT is False and launch.compiled is None
+    assert jit_calls == [((3, 2), (x, 5), {"BLOCK_S": 8, "num_warps": 4})]
+    launch(x, 5)  # stays on Triton's path
+    assert len(jit_calls) == 2 and launch.compiled is None
 
 
 def test_launch_hooks_disable_direct_launches():

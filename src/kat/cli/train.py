@@ -193,8 +193,10 @@ def main(argv=None) -> int:
         start_epoch, best = ck["epoch"] + 1, ck.get("best", best)
         if d.is_main:
             _log.info("resumed from %s: continuing at epoch %d", args.resume, start_epoch)
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda"
-                                                    else None) if d.world > 1 else model
+    # gradient_as_bucket_view: gradients live in DDP's all-reduce buckets (no copy in or out of them)
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[d.device.index] if d.device.type == "cuda" else None,
+        gradient_as_bucket_view=True) if d.world > 1 else model
     if args.compile:
         ddp = torch.compile(ddp, mode=args.compile)
     criterion = SoftTargetCrossEntropy() if mixup else (

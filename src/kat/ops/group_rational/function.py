@@ -170,10 +170,12 @@ def _kernels():
 
 # Launching through the compiled binary skips JITFunction.run's per-call argument binding,
 # specialisation and cache-key work (measured on the H200 VM for a trivial kernel: 16-20 us a
-# launch through Triton, 7-8 us through CompiledKernel.run). Opt-in (KAT_DIRECT_LAUNCH=1) until
-# tests/ops/test_fast_path.py::test_direct_launch_is_used_and_exact has passed on a GPU: the
-# first GPU run found the hook check (fixed since) disabling it, so the path is not yet verified.
-_DIRECT = not _INTERPRET and os.environ.get("KAT_DIRECT_LAUNCH", "0") == "1"
+# launch through Triton, 7-8 us through CompiledKernel.run). On by default since
+# tests/ops/test_fast_path.py::test_direct_launch_is_used_and_exact passed on an H200 (Triton 3.6;
+# the launcher's call signature is the same in Triton 3.8); KAT_DIRECT_LAUNCH=0 turns it off. A
+# Triton whose launcher rejects the call (TypeError before anything is launched) turns it off for
+# the process and the launch goes through Triton instead.
+_DIRECT = not _INTERPRET and os.environ.get("KAT_DIRECT_LAUNCH", "1") != "0"
 
 
 def _launch_hooks_set() -> bool:
@@ -188,6 +190,11 @@ def _launch_hooks_set() -> bool:
         if hook is not None and (not hasattr(hook, "calls") or hook.calls):
             return True
     return False
+
+
+def _disable_direct() -> None:
+    global _DIRECT
+    _DIRECT = False
 
 
 class _Launch:
@@ -212,10 +219,14 @@ class _Launch:
         compiled = self.compiled  # only ever set when direct launches are on
         if compiled is not None and self._aligned(args) and not _launch_hooks_set():
             g = self.grid
-            compiled.run(g[0], g[1], 1, torch._C._cuda_getCurrentRawStream(args[0].get_device()),
-                         compiled.function, compiled.packed_metadata, None, None, None,
-                         *args, *self.const_values)
-            return
+            try:
+                compiled.run(g[0], g[1], 1, torch._C._cuda_getCurrentRawStream(args[0].get_device()),
+                             compiled.function, compiled.packed_metadata, None, None, None,
+                             *args, *self.const_values)
+                return
+            except TypeError:  # a launcher with another signature: launch through Triton from now on
+                _disable_direct()
+                self.compiled = None
         ret = self.kernel[self.grid](*args, **self.consts, num_warps=self.num_warps)
         if _DIRECT and compiled is None and args[0].is_cuda and hasattr(ret, "packed_metadata") \
                 and self._aligned(args) and not _launch_hooks_set():
