@@ -42,6 +42,10 @@ def test_short_digits_schedule_learns(digits_run):
         assert (digits_run / name).is_file()
     lines = (digits_run / "summary.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,train_loss,eval_loss,eval_top1") and len(lines) == 16
+    # no log step (--log-interval 1000), so no steady rate (it starts at the epoch's first log step)
+    assert 0 < res["last_epoch_img_per_s"] and res["steady_img_per_s"] is None
+    # the epoch's mean train loss is summed on the device, not read back every step
+    assert 0 < float(lines[-1].split(",")[1]) < float(lines[1].split(",")[1])
 
 
 def test_validate_reproduces_train_accuracy(digits_run, tmp_path, capsys):
@@ -111,6 +115,9 @@ def test_torchrun_two_processes_match_one_process_first_step(tmp_path):
     assert (tmp_path / "two" / "last.pth").is_file()
     r1, r2 = _result(tmp_path / "one"), _result(tmp_path / "two")
     assert r2["first_loss"] == pytest.approx(r1["first_loss"], rel=1e-5)  # same global batch of 16
+    # logged every step: the steady rate counts the 2 steps after the first log step, all ranks' images
+    for r in (r1, r2):
+        assert r["steady_img_per_s"] > 0
 
 
 def test_compile_trains_like_eager(tmp_path):

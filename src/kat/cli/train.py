@@ -225,7 +225,15 @@ def main(argv=None) -> int:
         if sampler is not None and hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         ddp.train()
-        loss_sum = seen = 0.0
+        # No host-device synchronisation per step (it would stall the host, which queues the next
+        # step's kernels while the GPU runs this one): the loss sum stays on the device, and a
+        # non-finite loss is remembered there and raised at the next log step or the epoch's end.
+        # --skip-nonfinite has to decide before the optimizer step, so it checks every step.
+        loss_sum_t = torch.zeros((), device=d.device)
+        bad_step = torch.full((), -1, dtype=torch.long, device=d.device)
+        bad_loss = torch.zeros((), device=d.device)
+        seen = 0
+        steady = None  # (time, images) at the epoch's first log step: the rate after start-up
         t_epoch = time.time()
         for images, targets in loader:
             images, targets = images.to(d.device, non_blocking=True), targets.to(d.device, non_blocking=True)
@@ -233,10 +241,11 @@ def main(argv=None) -> int:
                 images, targets = mixup(images, targets)
             with torch.autocast(d.device.type, dtype=dtype, enabled=dtype is not None):
                 loss = criterion(ddp(images), targets)
-            if not torch.isfinite(loss):
-                if not args.skip_nonfinite:
-                    raise FloatingPointError(f"non-finite loss {loss.item()} at step {step} (epoch {epoch}); "
-                                             "lower --lr, use --clip-grad, or pass --skip-nonfinite")
+            if not args.skip_nonfinite:
+                first = torch.isfinite(loss).logical_not_().logical_and_(bad_step < 0)
+                bad_step = torch.where(first, step, bad_step)
+                bad_loss = torch.where(first, loss.detach().float(), bad_loss)
+            elif not torch.isfinite(loss):
                 skipped += 1
                 optimizer.zero_grad(set_to_none=True)
                 _log.warning("skipped step %d: non-finite loss (%d skipped so far)", step, skipped)
@@ -256,19 +265,27 @@ def main(argv=None) -> int:
             scheduler.step_update(num_updates=step)
             if first_loss is None:
                 first_loss = all_mean(loss.item(), 1.0, d)  # mean over ranks = the global batch's loss
-            loss_sum += loss.item() * len(images)
+            loss_sum_t += loss.detach().float() * len(images)
             seen += len(images)
             if step % args.log_interval == 0:
+                _raise_if_nonfinite(bad_step, bad_loss, epoch)  # synchronises
+                if steady is None:
+                    steady = (time.time(), seen)
                 rate = seen * d.world / max(time.time() - t_epoch, 1e-9)
                 eta = (total_steps - step) * global_batch / max(rate, 1e-9)
                 main_log("epoch %d step %d/%d loss %.4f lr %.3g %.0f img/s ETA %s", epoch, step, total_steps,
                           loss.item(), optimizer.param_groups[0]["lr"], rate, _fmt_time(eta))
             if args.max_steps and step >= args.max_steps:
                 break
+        _raise_if_nonfinite(bad_step, bad_loss, epoch)
+        loss_sum = loss_sum_t.item()  # waits for the epoch's last step
+        t_end = time.time()
         scheduler.step(epoch + 1)
-        train_seconds += time.time() - t_epoch
+        train_seconds += t_end - t_epoch
         train_images += seen * d.world
-        last_epoch_rate = seen * d.world / max(time.time() - t_epoch, 1e-9)
+        last_epoch_rate = seen * d.world / max(t_end - t_epoch, 1e-9)
+        steady_rate = (seen - steady[1]) * d.world / max(t_end - steady[0], 1e-9) \
+            if steady is not None and seen > steady[1] else None
         train_loss = all_mean(loss_sum, seen, d)
         last = epoch + 1 == args.epochs or (args.max_steps and step >= args.max_steps)
         if (epoch + 1) % args.eval_interval == 0 or last:
@@ -305,7 +322,10 @@ def main(argv=None) -> int:
                   "steps": step, "skipped_steps": skipped, "parameters": n_params, "first_loss": first_loss,
                   "seconds": round(time.time() - t_start, 1),
                   "train_img_per_s": round(train_images / train_seconds, 1) if train_seconds else None,
-                  "last_epoch_img_per_s": round(last_epoch_rate, 1) if train_seconds else None, "world_size": d.world}
+                  "last_epoch_img_per_s": round(last_epoch_rate, 1) if train_seconds else None,
+                  # the last epoch from its first log step on: without data-loader start-up and warm-up
+                  "steady_img_per_s": round(steady_rate, 1) if train_seconds and steady_rate else None,
+                  "world_size": d.world}
         dump_json(result, out / "result.json")
         print(f"test accuracy: {metrics.get('top1', float('nan')):.2f}% (top-5 {metrics.get('top5', float('nan')):.2f}%) "
               f"on {metrics.get('images', 0)} {info.name} test images after {step} steps; checkpoints in {out}")
@@ -329,6 +349,13 @@ def _fault_injection(epoch: int) -> None:
     import signal
     if os.environ.get("KAT_TEST_KILL_AFTER_EPOCH") == str(epoch):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _raise_if_nonfinite(bad_step: torch.Tensor, bad_loss: torch.Tensor, epoch: int) -> None:
+    step = int(bad_step.item())
+    if step >= 0:
+        raise FloatingPointError(f"non-finite loss {bad_loss.item()} at step {step} (epoch {epoch}); "
+                                 "lower --lr, use --clip-grad, or pass --skip-nonfinite")
 
 
 def all_mean(total: float, count: float, d: DistInfo) -> float:
