@@ -5,11 +5,11 @@
 #   NGPU=2 bash scripts/multi_gpu.sh          (logs and result.json files packed into $OUT)
 set -uo pipefail
 OUT=${OUT:-multi_gpu_out}; mkdir -p "$OUT"
-NGPU=${NGPU:-2}; STEPS=${STEPS:-100}; W=${WORK:-/tmp/multi_gpu}; rm -rf "$W"; mkdir -p "$W"
+NGPU=${NGPU:-2}; STEPS=${STEPS:-150}; W=${WORK:-/tmp/multi_gpu}; rm -rf "$W"; mkdir -p "$W"
 # NVLink multicast stays off in NCCL, PyTorch and NVSHMEM (device README: it can take the shared host down)
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 COMMON=(--dataset synthetic --model kat_small_patch16_224 --model-kwargs "{img_size: 224}" --amp bf16 --drop-path 0 --smoothing 0 --no-shuffle
-        --workers 6 --log-interval 20 --eval-interval 1000 --device cuda)
+        --workers 6 --log-interval 10 --eval-interval 1000 --device cuda)
 run() {  # name nproc batch epochs extra...
   local name=$1 n=$2 b=$3 e=$4; shift 4
   timeout 240 python3 -m torch.distributed.run --standalone --nproc_per_node="$n" -m kat.cli.train "${COMMON[@]}" \
@@ -22,3 +22,15 @@ run gpu${NGPU}_b128 "$NGPU" 128 2
 run gpu1_b$((128 * NGPU)) 1 $((128 * NGPU)) 1 --max-steps 2
 nvidia-smi topo -m > "$W/topo.txt" 2>&1
 tar -czf "$OUT/multi_gpu.tar.gz" -C "$W" --exclude='*.pth' .
+# steady_img_per_s (result.json): the last epoch from its first log step on, so without the data
+# loader's worker start-up; efficiency = N-GPU rate / (N x 1-GPU rate)
+python3 - "$W" "$NGPU" <<'PY' | tee "$OUT/scaling.txt"
+import json, sys
+w, n = sys.argv[1], int(sys.argv[2])
+r = {k: json.load(open(f"{w}/{k}/result.json")) for k in ("gpu1_b128", f"gpu{n}_b128", f"gpu1_b{128 * n}")}
+one, many, big = r["gpu1_b128"], r[f"gpu{n}_b128"], r[f"gpu1_b{128 * n}"]
+for key in ("steady_img_per_s", "last_epoch_img_per_s"):
+    print(f"{key}: 1 GPU {one[key]:.0f}, {n} GPUs {many[key]:.0f}, efficiency {many[key] / (n * one[key]):.3f}")
+print(f"step-1 loss: {n} x 128 {many['first_loss']:.6f}, 1 x {128 * n} {big['first_loss']:.6f}, "
+      f"rel diff {abs(many['first_loss'] - big['first_loss']) / big['first_loss']:.2e}")
+PY
