@@ -117,7 +117,12 @@ def bench_model(name: str, batch: int, infer_batch: int, dtype: torch.dtype, com
     torch.manual_seed(0)
     model = timm.create_model(name, **(kat_kwargs if name.startswith("kat_") and kat_kwargs else {})).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True, capturable=cuda_graphs)
-    run = torch.compile(model, mode=compile_) if compile_ else model
+    if compile_:
+        # Dynamo caches graphs per code object, and every timm ViT (KAT too) shares
+        # VisionTransformer.forward: without a reset the models before this one fill its recompile
+        # limit (8) and this one silently runs eager. Static shapes: train and infer batches differ.
+        torch._dynamo.reset()
+    run = torch.compile(model, mode=compile_, dynamic=False) if compile_ else model
     x = torch.randn(batch, 3, 224, 224, device="cuda")
     y = torch.randint(0, 1000, (batch,), device="cuda")
     loss_fn = torch.nn.CrossEntropyLoss()
