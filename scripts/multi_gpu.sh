@@ -2,14 +2,15 @@
 # Data-parallel scaling of kat-train on one host (BENCHMARKS.md, "Multi-GPU"): KAT-S on synthetic
 # 224x224 images, bf16 autocast, 128 images per GPU, 1 GPU vs N GPUs through torchrun + NCCL, and
 # the step-1 loss of N x 128 against one GPU running the same global batch. Usage on the device:
-#   NGPU=2 bash scripts/multi_gpu.sh          (logs and result.json files packed into $OUT)
+#   NGPU=2 REPEAT=2 bash scripts/multi_gpu.sh   (logs and result.json files packed into $OUT)
+#   EXTRA=--synthetic-on-device ...             (batches indexed on the GPU: no host data pipeline)
 set -uo pipefail
 OUT=${OUT:-multi_gpu_out}; mkdir -p "$OUT"
 NGPU=${NGPU:-2}; STEPS=${STEPS:-150}; W=${WORK:-/tmp/multi_gpu}; rm -rf "$W"; mkdir -p "$W"
 # NVLink multicast stays off in NCCL, PyTorch and NVSHMEM (device README: it can take the shared host down)
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 COMMON=(--dataset synthetic --model kat_small_patch16_224 --model-kwargs "{img_size: 224}" --amp bf16 --drop-path 0 --smoothing 0 --no-shuffle
-        --workers 6 --log-interval 10 --eval-interval 1000 --device cuda)
+        --workers 6 --log-interval 10 --eval-interval 1000 --device cuda ${EXTRA:-})
 run() {  # name nproc batch epochs extra...
   local name=$1 n=$2 b=$3 e=$4; shift 4
   timeout 240 python3 -m torch.distributed.run --standalone --nproc_per_node="$n" -m kat.cli.train "${COMMON[@]}" \
@@ -17,20 +18,27 @@ run() {  # name nproc batch epochs extra...
   echo "$name: exit $? $(tr -d '\n ' < "$W/$name/result.json" 2>/dev/null)"
 }
 python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__, 'gpus', torch.cuda.device_count())" | tee "$W/versions.txt"
-run gpu1_b128 1 128 2
-run gpu${NGPU}_b128 "$NGPU" 128 2
+# REPEAT pairs, 1 GPU and N GPUs alternately: the VM's host speed drifts between machines and runs,
+# and both models are partly host-bound, so each pair is compared within itself
+for r in $(seq 1 "${REPEAT:-1}"); do
+  run gpu1_b128_r$r 1 128 2
+  run gpu${NGPU}_b128_r$r "$NGPU" 128 2
+done
 run gpu1_b$((128 * NGPU)) 1 $((128 * NGPU)) 1 --max-steps 2
 nvidia-smi topo -m > "$W/topo.txt" 2>&1
 tar -czf "$OUT/multi_gpu.tar.gz" -C "$W" --exclude='*.pth' .
 # steady_img_per_s (result.json): the last epoch from its first log step on, so without the data
 # loader's worker start-up; efficiency = N-GPU rate / (N x 1-GPU rate)
-python3 - "$W" "$NGPU" <<'PY' | tee "$OUT/scaling.txt"
+python3 - "$W" "$NGPU" "${REPEAT:-1}" <<'PY' | tee "$OUT/scaling.txt"
 import json, sys
-w, n = sys.argv[1], int(sys.argv[2])
-r = {k: json.load(open(f"{w}/{k}/result.json")) for k in ("gpu1_b128", f"gpu{n}_b128", f"gpu1_b{128 * n}")}
-one, many, big = r["gpu1_b128"], r[f"gpu{n}_b128"], r[f"gpu1_b{128 * n}"]
-for key in ("steady_img_per_s", "last_epoch_img_per_s"):
-    print(f"{key}: 1 GPU {one[key]:.0f}, {n} GPUs {many[key]:.0f}, efficiency {many[key] / (n * one[key]):.3f}")
+w, n, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+load = lambda k: json.load(open(f"{w}/{k}/result.json"))
+for r in range(1, reps + 1):
+    one, many = load(f"gpu1_b128_r{r}"), load(f"gpu{n}_b128_r{r}")
+    for key in ("steady_img_per_s", "last_epoch_img_per_s"):
+        print(f"pair {r} {key}: 1 GPU {one[key]:.0f}, {n} GPUs {many[key]:.0f}, "
+              f"efficiency {many[key] / (n * one[key]):.3f}")
+many, big = load(f"gpu{n}_b128_r1"), load(f"gpu1_b{128 * n}")
 print(f"step-1 loss: {n} x 128 {many['first_loss']:.6f}, 1 x {128 * n} {big['first_loss']:.6f}, "
       f"rel diff {abs(many['first_loss'] - big['first_loss']) / big['first_loss']:.2e}")
 PY

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 __all__ = ["TensorImageDataset", "DatasetInfo", "load_digits", "load_fashion_mnist", "embedded_dataset",
-           "EMBEDDED", "SyntheticImages", "synthetic_dataset", "FASHION_MNIST_DIRS", "FASHION_MNIST_CLASSES"]
+           "EMBEDDED", "SyntheticImages", "DeviceSyntheticBatches", "device_synthetic_loader", "synthetic_dataset", "FASHION_MNIST_DIRS", "FASHION_MNIST_CLASSES"]
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -156,6 +156,49 @@ class SyntheticImages(Dataset):
 
     def __getitem__(self, i: int):
         return self.pool[i % len(self.pool)], (7919 * i) % self.num_classes
+
+
+class DeviceSyntheticBatches:
+    """Batches of a ``SyntheticImages`` gathered on ``device``: ``loader`` yields index batches (its
+    sampler decides order, sharding and shuffling exactly as for the images themselves) and each is
+    turned into (images, labels) by indexing a copy of the image pool kept on the device. No host
+    data pipeline at all, for measuring the model and the all-reduce rather than the host's
+    data loading; the batches equal the ones a DataLoader over the dataset would give."""
+
+    def __init__(self, loader, dataset: SyntheticImages, device):
+        self.loader, self.dataset, self.device = loader, dataset, torch.device(device)
+        self.pool = dataset.pool.to(self.device)
+        self.generator = getattr(loader, "generator", None)  # kat-train reseeds it every epoch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        n_pool, n_cls = len(self.pool), self.dataset.num_classes
+        for idx in self.loader:
+            idx = idx.to(self.device, non_blocking=True)
+            yield self.pool[idx % n_pool], (idx * 7919) % n_cls
+
+
+class _Indices(Dataset):
+    def __init__(self, length: int):
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def device_synthetic_loader(dataset: SyntheticImages, device, batch_size: int, sampler=None, shuffle=False,
+                            generator=None, drop_last=True) -> DeviceSyntheticBatches:
+    """``DeviceSyntheticBatches`` over a DataLoader of ``dataset``'s indices (same sampling arguments
+    as the DataLoader it stands in for; no workers needed)."""
+    from torch.utils.data import DataLoader
+    index_loader = DataLoader(_Indices(len(dataset)), batch_size=batch_size, sampler=sampler, shuffle=shuffle,
+                              drop_last=drop_last, num_workers=0, generator=generator)
+    return DeviceSyntheticBatches(index_loader, dataset, device)
 
 
 def synthetic_dataset(image_size=224, train_size: int = 12800, test_size: int = 256, num_classes: int = 1000):

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default="digits",
                    help="digits | fashion-mnist | synthetic (random images, for speed runs) | an image-folder root")
     g.add_argument("--synthetic-size", type=int, default=12800, help="training images per epoch of --dataset synthetic")
+    g.add_argument("--synthetic-on-device", action="store_true",
+                   help="--dataset synthetic: keep its images on the training device and index batches there "
+                        "(no host data pipeline; measures the model and the all-reduce, not data loading)")
     g.add_argument("--data-dir", default=None, help="folder root, or the Fashion-MNIST idx folder")
     g.add_argument("--train-split", default="train")
     g.add_argument("--val-split", default="validation")
@@ -110,6 +113,11 @@ def build_train_loader(args, d: DistInfo):
             args.dataset, args.data_dir, args.split_seed, augment=not args.no_augment)
         shuffle = not args.no_shuffle
         sampler = DistributedSampler(train, d.world, d.rank, shuffle=shuffle, seed=args.seed) if d.world > 1 else None
+        if args.synthetic_on_device and args.dataset == "synthetic":
+            from ..data import device_synthetic_loader
+            loader = device_synthetic_loader(train, d.device, args.batch_size, sampler=sampler,
+                                             shuffle=shuffle and sampler is None, generator=torch.Generator())
+            return loader, sampler, info, _mixup(args, info)
         loader = DataLoader(train, batch_size=args.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                             drop_last=True, num_workers=args.workers, generator=torch.Generator(),
                             pin_memory=d.device.type == "cuda")  # no persistent workers: each epoch's
@@ -124,12 +132,15 @@ def build_train_loader(args, d: DistInfo):
             interpolation="bicubic", mean=info.mean, std=info.std, num_workers=args.workers,
             distributed=d.world > 1, use_prefetcher=False, device=d.device)
         sampler = getattr(loader, "sampler", None)
-    mixup = None
+    return loader, sampler, info, _mixup(args, info)
+
+
+def _mixup(args, info):
     if args.mixup > 0 or args.cutmix > 0:
         from timm.data import Mixup
-        mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing,
-                      num_classes=info.num_classes)
-    return loader, sampler, info, mixup
+        return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing,
+                     num_classes=info.num_classes)
+    return None
 
 
 def _model(args, info):
