@@ -178,6 +178,22 @@ def test_torchrun_on_folder_dataset(tmp_path):
     assert ck["dataset"]["class_names"] == ["cat", "dog"] and ck["metrics"]["images"] == 12
 
 
+def test_prefetcher_feeds_the_same_images(tmp_path):
+    """--prefetcher on (uint8 from the workers, normalised on the device by timm's PrefetchLoader)
+    trains on the same images as float batches from the workers: same step-1 loss and weights."""
+    data = _image_folder(tmp_path / "data")
+    args = ["--dataset", str(data), "--model-kwargs", "{img_size: 32, patch_size: 8, embed_dim: 32, depth: 1, "
+            "num_heads: 2}", "--batch-size", "4", "--max-steps", "2", "--epochs", "1", "--workers", "0",
+            "--drop-path", "0"]
+    assert train.main(args + ["--prefetcher", "off", "--output", str(tmp_path / "off")]) == 0
+    assert train.main(args + ["--prefetcher", "on", "--output", str(tmp_path / "on")]) == 0
+    off, on = _result(tmp_path / "off"), _result(tmp_path / "on")
+    assert on["first_loss"] == pytest.approx(off["first_loss"], rel=1e-5)  # (x/255-m)/s vs (x-255m)/(255s)
+    a = load_checkpoint_file(tmp_path / "off" / "last.pth")["state_dict"]
+    b = load_checkpoint_file(tmp_path / "on" / "last.pth")["state_dict"]
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
+
+
 def test_corrupt_image_is_named_or_skipped(tmp_path):
     data = _image_folder(tmp_path / "data", corrupt=True)
     base = ["--dataset", str(data), "--model", "kat_tiny_patch16_224", "--model-kwargs",
