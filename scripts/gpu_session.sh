@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
-# The next GPU session's first call (about 8 minutes on one H200): verify the opt-in direct
-# launches, then measure with and without them in the same call. Results land in $OUT.
-#   device tool: bash scripts/gpu_session.sh
+# The next GPU session's calls on one H200, results in $OUT. Carry .data/golden (the golden tests
+# look there): device tool `run` with carry [".data/golden"].
+#   STAGE=check  bash scripts/gpu_session.sh   (~4 min) op tests on the real kernels (incl. the
+#                two-launch coefficient reduction, not yet run on a GPU), host time per call, op bench
+#   STAGE=models bash scripts/gpu_session.sh   (~6 min) KAT vs ViT eager, then compiled (both sides)
+#                with the rational as our Triton op and as plain PyTorch (Inductor can fuse that)
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src:$PWD PYTHONUNBUFFERED=1
-KAT_AUTOTUNE=0 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/ops/test_fast_path.py \
-  tests/ops/test_group_rational.py 2>&1 | tail -4 | tee "$OUT/pytest.txt"
-for d in 0 1; do
-  KAT_DIRECT_LAUNCH=$d timeout 90 python3 scripts/host_overhead.py --json "$OUT/host_direct$d.json" \
-    2>&1 | tee "$OUT/host_direct$d.txt"
-done
-KAT_DIRECT_LAUNCH=1 timeout 200 python3 -m kat.cli.bench op --dtypes bf16 --providers kat \
-  --json "$OUT/op_bf16.json" 2>&1 | tee "$OUT/op_bf16.txt"
-for d in 0 1; do
-  KAT_DIRECT_LAUNCH=$d timeout 150 python3 -m kat.cli.bench model --iters 15 --repeats 3 \
-    --json "$OUT/model_direct$d.json" 2>&1 | tail -3 | tee "$OUT/model_direct$d.txt"
-done
+case "${STAGE:-check}" in
+check)
+  KAT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/ops/test_fast_path.py \
+    tests/ops/test_group_rational.py tests/ops/test_fuzz.py 2>&1 | tail -6 | tee "$OUT/pytest.txt"
+  timeout 90 python3 scripts/host_overhead.py --json "$OUT/host.json" 2>&1 | tee "$OUT/host.txt"
+  timeout 200 python3 -m kat.cli.bench op --providers kat --json "$OUT/op.json" 2>&1 | tee "$OUT/op.txt"
+  ;;
+models)
+  timeout 150 python3 -m kat.cli.bench model --iters 15 --repeats 3 --json "$OUT/model_eager.json" \
+    2>&1 | tail -3 | tee "$OUT/model_eager.txt"
+  for impl in triton torch; do
+    timeout 170 python3 -m kat.cli.bench model --compile --sizes tiny small --rational-impl $impl --iters 15 \
+      --repeats 3 --json "$OUT/model_compile_$impl.json" 2>&1 | grep -E "^(tiny|small)|ratio|Error" \
+      | tee "$OUT/model_compile_$impl.txt"
+  done
+  ;;
+esac

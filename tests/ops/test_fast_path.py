@@ -202,3 +202,37 @@ def test_launch_hooks_disable_direct_launches():
     finally:
         chain.remove(hook)
     assert not fn._launch_hooks_set()
+
+
+@pytest.mark.parametrize("rows,groups,gs,shared,sms", [
+    (37, 96, 2, True, 2),      # more groups than one final-program block: the group loop runs twice
+    (37, 96, 2, False, 2),
+    (50, 1, 200, True, 2),     # 200 channels in one group: four channel blocks per row block
+    (352, 8, 24, True, 132),   # H200-sized: 33 row blocks, final block of 64 rows, 2 group blocks
+    (352, 8, 24, False, 132),
+    (22, 8, 384, False, 132),  # KAT-B's fc1 output width (3072 = 8 x 384)
+    (5, 3, 7, True, 2),        # fewer rows than a row block
+])
+def test_coefficient_reduction_matches_a_float64_sum(rows, groups, gs, shared, sms):
+    """The two reduction launches sum the backward's partials exactly as a float64 sum does (up to
+    fp32 rounding), per group or over all groups for a shared numerator, for every order <= (5, 4),
+    and give bitwise the same result on every call."""
+    torch.manual_seed(rows + groups)
+    partial = torch.randn(rows, groups, gs, kernels.NUM_ACC)
+    for m1, n in ((6, 4), (4, 2)):
+        red = fn._Reduction(torch.device("cpu"), rows, groups, gs, m1, n, shared, sms=sms)
+        assert red.rs * red.per >= rows > (red.rs - 1) * red.per
+        outs = []
+        for _ in range(2):
+            scratch, gnum, gden = red.outputs(torch.device("cpu"))
+            red.launch_jit(partial, scratch, gnum, gden)
+            outs.append((gnum, gden))
+        assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+        per_group = partial.double().sum((0, 2))  # (G, NUM_ACC)
+        want_num = per_group[:, :m1].sum(0, keepdim=True) if shared else per_group[:, :m1]
+        want_den = per_group[:, 6:6 + n]
+        gnum, gden = outs[0]
+        assert gnum.shape == want_num.shape and gden.shape == want_den.shape
+        scale = partial.abs().double().sum() / groups
+        assert (gnum.double() - want_num).abs().max() <= 1e-5 * scale
+        assert (gden.double() - want_den).abs().max() <= 1e-5 * scale

@@ -29,6 +29,15 @@ SCRIPT = textwrap.dedent('''
         first = configs[0]
         other = next(c for c in configs if c[3] != first[3])
         cases += [(kernel, consts(first)), (kernel, consts(other))]
+    # the coefficient reduction (fp32 only: it reads the backward's fp32 partial sums)
+    red = fn._Reduction(None, 352, 8, 24, 6, 4, True, sms=132)
+    reductions = [(kernels.coefficient_partials_kernel, red.consts1),
+                  (kernels.coefficient_grads_kernel, red.consts2),
+                  (kernels.coefficient_grads_kernel, dict(red.consts2, SHARED=False))]
+    for kernel, constexprs in reductions:
+        src = ASTSource(fn=kernel, signature=kernels.compile_signature(kernel, "fp32"), constexprs=constexprs)
+        assert len(triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["cubin"]) > 1000
+        print(kernel.__name__, constexprs, "ok")
     for kernel, constexprs in cases:
         for dtype in ("fp32", "bf16", "fp16"):
             sig = kernels.compile_signature(kernel, dtype)
@@ -47,4 +56,4 @@ def test_kernels_compile_for_sm90():
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count(" ok") == 12, run.stdout
+    assert run.stdout.count(" ok") == 15, run.stdout

@@ -330,26 +330,71 @@ def _backward(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor,
     def launch(cfg):
         return _launch_bwd(x2, g2, gx2, a, b, a_stride, c, groups, cfg)
 
+    red = None
     with _launch_guard(x):
         partial = launch(_TUNER.pick(("bwd", x.device, x.dtype, s, ca, c, groups), kernels.BWD_CONFIGS, launch))
-    partial = partial.view(partial.shape[0], -1, groups, c // groups, kernels.NUM_ACC)
-    return (gx, *_coefficient_grads(partial, numerator, denominator))
+        # partial (splits, CA, NUM_ACC) = (splits x outer copies, G, GS, NUM_ACC)
+        red = _Reduction(x.device, partial.shape[0] * (ca // c), groups, c // groups, numerator.shape[1],
+                         denominator.shape[1], numerator.shape[0] == 1)
+        scratch, gnum, gden = red.outputs(x.device)
+        red.launch_jit(partial, scratch, gnum, gden)
+    return (gx, *_coefficient_grads(gnum, gden, numerator, denominator))
 
 
-def _coefficient_grads(partial: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor):
-    """Coefficient gradients from the backward kernel's partial sums, seen as (splits, outer copies
-    of a channel, G, channels of a group, NUM_ACC). Deterministic reductions (no atomics); the
-    kernel has already applied sign(b) to the denominator terms."""
-    shared = numerator.shape[0] == 1
-    grad_num = partial.narrow(4, 0, numerator.shape[1]).sum((0, 1, 2, 3) if shared else (0, 1, 3))
-    if shared:
-        grad_num = grad_num.unsqueeze(0)
-    grad_den = partial.narrow(4, 6, denominator.shape[1]).sum((0, 1, 3))
-    if numerator.dtype != grad_num.dtype:
-        grad_num = grad_num.to(numerator.dtype)
-    if denominator.dtype != grad_den.dtype:
-        grad_den = grad_den.to(denominator.dtype)
-    return grad_num, grad_den
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+class _Reduction:
+    """The two launches that turn the backward's partial sums, read as (rows, G, GS, NUM_ACC),
+    into coefficient gradients: per (group, block of rows) sums into a (RS, G, 16) scratch, then one
+    program that sums the blocks (and the groups, for a shared numerator). Grid and block sizes are
+    fixed per shape, so the summation order, hence the result, is the same on every call."""
+
+    __slots__ = ("rows", "groups", "gs", "num_m", "num_n", "shared", "rs", "per", "grid1", "consts1",
+                 "consts2")
+
+    def __init__(self, device: torch.device, rows: int, groups: int, gs: int, num_m: int, num_n: int,
+                 shared: bool, sms: int | None = None):
+        self.rows, self.groups, self.gs, self.num_m, self.num_n, self.shared = rows, groups, gs, num_m, num_n, shared
+        block_j = min(64, _pow2(gs))
+        block_r = max(1, 4096 // (block_j * 16))
+        if sms is None:
+            sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
+                if device.type == "cuda" else 2
+        # about two programs per SM, at most 64 row blocks (the final program reads them all)
+        rs = max(1, min(64, _cdiv(rows, block_r), _cdiv(2 * sms, groups)))
+        self.per = _cdiv(rows, rs)
+        self.rs = _cdiv(rows, self.per)
+        self.grid1 = (groups, self.rs)
+        self.consts1 = {"BLOCK_R": block_r, "BLOCK_J": block_j}
+        block_rs = _pow2(self.rs)
+        self.consts2 = {"SHARED": shared, "BLOCK_RS": block_rs,
+                        "BLOCK_G": max(1, min(_pow2(groups), 4096 // (block_rs * 16)))}
+
+    def outputs(self, device):
+        scratch = torch.empty((self.rs, self.groups, 16), dtype=torch.float32, device=device)
+        gnum = torch.empty((1 if self.shared else self.groups, self.num_m), dtype=torch.float32, device=device)
+        gden = torch.empty((self.groups, self.num_n), dtype=torch.float32, device=device)
+        return scratch, gnum, gden
+
+    def launch_jit(self, partial, scratch, gnum, gden):
+        """Both launches through Triton's launcher (the general path)."""
+        kernels = _kernels()
+        kernels.coefficient_partials_kernel[self.grid1](
+            partial, scratch, self.rows, self.groups, self.gs, self.per, **self.consts1, num_warps=4)
+        kernels.coefficient_grads_kernel[(1,)](
+            scratch, gnum, gden, self.rs, self.groups, self.num_m, self.num_n, **self.consts2, num_warps=4)
+
+
+def _coefficient_grads(gnum: torch.Tensor, gden: torch.Tensor, numerator: torch.Tensor,
+                       denominator: torch.Tensor):
+    """The reduction's fp32 outputs in the coefficients' dtypes."""
+    if numerator.dtype != gnum.dtype:
+        gnum = gnum.to(numerator.dtype)
+    if denominator.dtype != gden.dtype:
+        gden = gden.to(denominator.dtype)
+    return gnum, gden
 
 
 @torch.library.custom_op("kat::group_rational_bwd", mutates_args=())
@@ -375,7 +420,8 @@ class Plan:
     device, with coefficients of one shape: the matrix view's strides, the tuned configs and their
     launchers. Per call, only the pointers change. Built on first use by ``group_rational``."""
 
-    __slots__ = ("x_stride", "c", "a_stride", "x_args", "fwd", "bwd", "partial_shape")
+    __slots__ = ("x_stride", "c", "a_stride", "x_args", "fwd", "bwd", "partial_shape", "red", "red1", "red2",
+                 "red_args")
 
     def __init__(self, x, numerator, denominator):
         kernels = _kernels()
@@ -398,8 +444,13 @@ class Plan:
         self.fwd = _Launch(kernels.group_rational_fwd_kernel, _fwd_grid(s, c, fcfg), _fwd_consts(fcfg), fcfg[2], 4)
         grid = _bwd_grid(x, s, c, bcfg)
         self.bwd = _Launch(kernels.group_rational_bwd_kernel, grid, _bwd_consts(bcfg), bcfg[2], 6)
-        # partial[p, 0, g, j, k]: split p, (one copy of each channel), group g, channel j, term k
-        self.partial_shape = (grid[0], 1, groups, gs, kernels.NUM_ACC)
+        # partial[p, g, j, k]: split p, group g, channel j of the group, term k
+        self.partial_shape = (grid[0], groups, gs, kernels.NUM_ACC)
+        red = self.red = _Reduction(x.device, grid[0], groups, gs, numerator.shape[1], denominator.shape[1],
+                                    numerator.shape[0] == 1)
+        self.red1 = _Launch(kernels.coefficient_partials_kernel, red.grid1, red.consts1, 4, 2)
+        self.red2 = _Launch(kernels.coefficient_grads_kernel, (1,), red.consts2, 4, 3)
+        self.red_args = ((red.rows, groups, gs, red.per), (red.rs, groups, red.num_m, red.num_n))
 
     def forward(self, x, numerator, denominator):
         y = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -413,10 +464,13 @@ class Plan:
             grad_out = grad_out.contiguous()
         gx = torch.empty_like(x, memory_format=torch.contiguous_format)
         partial = torch.empty(self.partial_shape, dtype=torch.float32, device=x.device)
+        scratch, gnum, gden = self.red.outputs(x.device)
         with _launch_guard(x):
             self.bwd(x, grad_out, gx, _padded(numerator, 6), _padded(denominator, 4), partial,
                      *self.x_args, self.partial_shape[0], *self.x_stride, self.c, 1, self.c, 1)
-        return (gx, *_coefficient_grads(partial, numerator, denominator))
+            self.red1(partial, scratch, *self.red_args[0])
+            self.red2(scratch, gnum, gden, *self.red_args[1])
+        return (gx, *_coefficient_grads(gnum, gden, numerator, denominator))
 
 
 def _plannable(x: torch.Tensor) -> bool:

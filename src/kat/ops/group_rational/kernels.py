@@ -12,8 +12,9 @@ nothing to P, a zero denominator term adds nothing to Q).
 The backward kernel is persistent along the stream axis: program (p, k) walks stream tiles
 p, p + P, p + 2P, ... of channel block k (loading tile i + P while computing tile i), accumulates
 the ten coefficient-gradient terms in fp32 registers and writes one partial per channel-axis
-element to ``partial[p, ca, :]`` (denominator terms already multiplied by sign(b)). The host sums
-the partials in a fixed order, so coefficient gradients are bitwise reproducible (no atomics).
+element to ``partial[p, ca, :]`` (denominator terms already multiplied by sign(b)). Two small
+kernels at the end of this file sum the partials per group in a fixed order (fixed grid and tiles
+per shape), so coefficient gradients are bitwise reproducible (no atomics).
 """
 from __future__ import annotations
 
@@ -276,7 +277,62 @@ def compile_signature(kernel, dtype: str) -> dict:
         if p.is_constexpr:
             sig[p.name] = "constexpr"
         elif p.name.endswith("_ptr"):
-            sig[p.name] = "*fp32" if p.name in ("a_ptr", "b_ptr", "partial_ptr") else "*" + dtype
+            sig[p.name] = "*" + dtype if p.name in ("x_ptr", "y_ptr", "go_ptr", "gx_ptr") else "*fp32"
         else:
             sig[p.name] = "i32"
     return sig
+
+
+# ---------------------------------------------------------------------------------------------
+# Coefficient gradients from the backward's partial sums, in two small launches instead of
+# several torch reductions (less host time per backward). The partial buffer is read as
+# (ROWS, G, GS, NUM_ACC): ROWS = splits x outer copies of a channel, G groups of GS channels.
+
+@triton.jit
+def coefficient_partials_kernel(partial_ptr, scratch_ptr, ROWS, G, GS, ROWS_PER_PROGRAM,
+                                BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr):
+    """Program (g, r): the ten sums of group g over rows [r * ROWS_PER_PROGRAM, ...) and all its
+    channels, to scratch[r, g, 0:16] (columns 10..15 zero). Fixed order: deterministic."""
+    g = tl.program_id(0)
+    rp = tl.program_id(1)
+    col = tl.arange(0, BLOCK_J * 16)
+    j = col // 16
+    k = col % 16
+    rows = tl.arange(0, BLOCK_R)
+    acc = tl.zeros([BLOCK_R, BLOCK_J * 16], dtype=tl.float32)
+    r_begin = rp * ROWS_PER_PROGRAM
+    r_end = tl.minimum(r_begin + ROWS_PER_PROGRAM, ROWS)
+    for r0 in range(r_begin, r_end, BLOCK_R):
+        r = r0 + rows
+        base = (r.to(tl.int64) * G + g) * GS * 10
+        for j0 in range(0, GS, BLOCK_J):
+            jj = j0 + j
+            mask = (r < r_end)[:, None] & ((jj < GS) & (k < 10))[None, :]
+            acc += tl.load(partial_ptr + base[:, None] + (jj * 10 + k)[None, :], mask=mask, other=0.0)
+    total = tl.sum(tl.reshape(tl.sum(acc, axis=0), [BLOCK_J, 16]), axis=0)
+    tl.store(scratch_ptr + (rp * G + g) * 16 + tl.arange(0, 16), total)
+
+
+@triton.jit
+def coefficient_grads_kernel(scratch_ptr, gnum_ptr, gden_ptr, RS, G, NUM_M, NUM_N,
+                             SHARED: tl.constexpr, BLOCK_RS: tl.constexpr, BLOCK_G: tl.constexpr):
+    """One program: sums scratch[0:RS, g, :] per group g (RS <= BLOCK_RS) and writes the
+    denominator gradients (G, NUM_N) and the numerator gradients, (1, NUM_M) summed over groups
+    when SHARED, else (G, NUM_M)."""
+    rs = tl.arange(0, BLOCK_RS)
+    k = tl.arange(0, 16)
+    num = tl.zeros([16], dtype=tl.float32)
+    for g0 in range(0, G, BLOCK_G):
+        gi = g0 + tl.arange(0, BLOCK_G)
+        ptrs = scratch_ptr + ((rs[:, None, None] * G + gi[None, :, None]) * 16 + k[None, None, :])
+        mask = (rs < RS)[:, None, None] & (gi < G)[None, :, None] & (k < 16)[None, None, :]
+        per_group = tl.sum(tl.load(ptrs, mask=mask, other=0.0), axis=0)  # [BLOCK_G, 16]
+        g_ok = (gi < G)[:, None]
+        den_cols = ((k >= 6) & (k < 6 + NUM_N))[None, :]
+        tl.store(gden_ptr + gi[:, None] * NUM_N + (k - 6)[None, :], per_group, mask=g_ok & den_cols)
+        if SHARED:
+            num += tl.sum(tl.where(g_ok, per_group, 0.0), axis=0)
+        else:
+            tl.store(gnum_ptr + gi[:, None] * NUM_M + k[None, :], per_group, mask=g_ok & (k < NUM_M)[None, :])
+    if SHARED:
+        tl.store(gnum_ptr + k, num, mask=k < NUM_M)
