@@ -303,9 +303,30 @@ def _forward(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor
     return y
 
 
+# The custom ops' calls (what torch.compile'd code runs) use Plans too: a compiled graph calls the
+# same shapes over and over, and without a plan every call would redo the layout checks, config
+# lookups and Triton's argument binding. Only channels-last inputs whose rows collapse.
+_OP_PLANS: dict = {}
+
+
+def _op_plan(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, channel_dim: int):
+    key = (x.shape, x.stride(), x.dtype, x.device, numerator.shape, numerator.dtype, denominator.shape,
+           denominator.dtype, channel_dim % x.dim())
+    plan = _OP_PLANS.get(key)
+    if plan is None:
+        plan = Plan(x, numerator, denominator) if key[-1] == x.dim() - 1 and _plannable(x) else False
+        if len(_OP_PLANS) >= 4096:
+            _OP_PLANS.clear()
+        _OP_PLANS[key] = plan
+    return plan
+
+
 @torch.library.custom_op("kat::group_rational_fwd", mutates_args=())
 def group_rational_fwd(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
                        channel_dim: int) -> torch.Tensor:
+    plan = _op_plan(x, numerator, denominator, channel_dim)
+    if plan:
+        return plan.forward(x, numerator, denominator)
     return _forward(x, numerator, denominator, channel_dim)
 
 
@@ -401,7 +422,11 @@ def _coefficient_grads(gnum: torch.Tensor, gden: torch.Tensor, numerator: torch.
 def group_rational_bwd(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor,
                        denominator: torch.Tensor, channel_dim: int
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    gx, ga, gb = _backward(grad_out, x, numerator, denominator, channel_dim)
+    plan = _op_plan(x, numerator, denominator, channel_dim)
+    if plan:
+        gx, ga, gb = plan.backward(grad_out, x, numerator, denominator)
+    else:
+        gx, ga, gb = _backward(grad_out, x, numerator, denominator, channel_dim)
     return gx, ga.contiguous(), gb.contiguous()  # the fake impl promises contiguous outputs
 
 
