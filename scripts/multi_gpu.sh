@@ -4,6 +4,7 @@
 # the step-1 loss of N x 128 against one GPU running the same global batch. Usage on the device:
 #   NGPU=2 REPEAT=2 bash scripts/multi_gpu.sh   (logs and result.json files packed into $OUT)
 #   EXTRA=--synthetic-on-device ...             (batches indexed on the GPU: no host data pipeline)
+#   EXTRA="--synthetic-on-device --ddp-static-graph --ddp-bucket-mb 100" INDEPENDENT=1 ...
 set -uo pipefail
 OUT=${OUT:-multi_gpu_out}; mkdir -p "$OUT"
 NGPU=${NGPU:-2}; STEPS=${STEPS:-150}; W=${WORK:-/tmp/multi_gpu}; rm -rf "$W"; mkdir -p "$W"
@@ -25,6 +26,11 @@ for r in $(seq 1 "${REPEAT:-1}"); do
   run gpu${NGPU}_b128_r$r "$NGPU" 128 2
 done
 run gpu1_b$((128 * NGPU)) 1 $((128 * NGPU)) 1 --max-steps 2
+# INDEPENDENT=1: NGPU single-GPU runs at once, one per GPU, no communication. If each is as slow as
+# a DDP rank, the loss of efficiency is the host (shared CPUs), not the all-reduce.
+if [ "${INDEPENDENT:-0}" = 1 ]; then
+  for g in $(seq 0 $((NGPU - 1))); do CUDA_VISIBLE_DEVICES=$g run indep$g 1 128 2 & done; wait
+fi
 nvidia-smi topo -m > "$W/topo.txt" 2>&1
 tar -czf "$OUT/multi_gpu.tar.gz" -C "$W" --exclude='*.pth' .
 # steady_img_per_s (result.json): the last epoch from its first log step on, so without the data
@@ -38,6 +44,12 @@ for r in range(1, reps + 1):
     for key in ("steady_img_per_s", "last_epoch_img_per_s"):
         print(f"pair {r} {key}: 1 GPU {one[key]:.0f}, {n} GPUs {many[key]:.0f}, "
               f"efficiency {many[key] / (n * one[key]):.3f}")
+import os
+if os.path.isdir(f"{w}/indep0"):
+    rates = [load(f"indep{g}")["steady_img_per_s"] for g in range(n)]
+    one = load("gpu1_b128_r1")["steady_img_per_s"]
+    print(f"{n} independent 1-GPU runs at once: {', '.join(f'{r:.0f}' for r in rates)} img/s, "
+          f"sum {sum(rates):.0f} = {sum(rates) / (n * one):.3f} x {n} x (1 GPU alone)")
 many, big = load(f"gpu{n}_b128_r1"), load(f"gpu1_b{128 * n}")
 print(f"step-1 loss: {n} x 128 {many['first_loss']:.6f}, 1 x {128 * n} {big['first_loss']:.6f}, "
       f"rel diff {abs(many['first_loss'] - big['first_loss']) / big['first_loss']:.2e}")

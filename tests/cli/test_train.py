@@ -115,6 +115,13 @@ def test_torchrun_two_processes_match_one_process_first_step(tmp_path):
     assert (tmp_path / "two" / "last.pth").is_file()
     r1, r2 = _result(tmp_path / "one"), _result(tmp_path / "two")
     assert r2["first_loss"] == pytest.approx(r1["first_loss"], rel=1e-5)  # same global batch of 16
+    # DDP's tuning switches change how gradients are all-reduced, not what they are
+    tuned = _torchrun(2, tmp_path / "tuned", common + ["--batch-size", "8", "--ddp-static-graph",
+                                                      "--ddp-bucket-mb", "1"])
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    sd2 = load_checkpoint_file(tmp_path / "two" / "last.pth")["state_dict"]
+    sd3 = load_checkpoint_file(tmp_path / "tuned" / "last.pth")["state_dict"]
+    assert all(torch.allclose(sd2[k], sd3[k], rtol=1e-5, atol=1e-6) for k in sd2)
     # logged every step: the steady rate counts the 2 steps after the first log step, all ranks' images
     for r in (r1, r2):
         assert r["steady_img_per_s"] > 0

@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto")
     g.add_argument("--dist-timeout", type=float, default=600,
                    help="seconds a rank waits in a collective before failing (a peer died or hangs)")
+    g.add_argument("--ddp-bucket-mb", type=float, default=25,
+                   help="DDP all-reduce bucket size in MiB (PyTorch's default 25)")
+    g.add_argument("--ddp-static-graph", action="store_true",
+                   help="DDP static_graph=True: the same parameters get gradients every step (true for KAT "
+                        "and ViT), which lets DDP skip per-step bookkeeping")
     g.add_argument("--log-interval", type=int, default=20)
     g.add_argument("--eval-interval", type=int, default=1, help="evaluate every N epochs (and at the end)")
     g.add_argument("--save-safetensors", action="store_true", help="also export final weights as safetensors")
@@ -214,7 +219,8 @@ def main(argv=None) -> int:
     # gradient_as_bucket_view: gradients live in DDP's all-reduce buckets (no copy in or out of them)
     ddp = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[d.device.index] if d.device.type == "cuda" else None,
-        gradient_as_bucket_view=True) if d.world > 1 else model
+        gradient_as_bucket_view=True, bucket_cap_mb=args.ddp_bucket_mb,
+        static_graph=args.ddp_static_graph) if d.world > 1 else model
     if args.compile:
         ddp = torch.compile(ddp, mode=args.compile)
     criterion = SoftTargetCrossEntropy() if mixup else (
