@@ -13,7 +13,7 @@ check)
   KAT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/ops/test_fast_path.py \
     tests/ops/test_group_rational.py tests/ops/test_fuzz.py 2>&1 | tail -6 | tee "$OUT/pytest.txt"
   timeout 90 python3 scripts/host_overhead.py --json "$OUT/host.json" 2>&1 | tee "$OUT/host.txt"
-  timeout 200 python3 -m kat.cli.bench op --providers kat --json "$OUT/op.json" 2>&1 | tee "$OUT/op.txt"
+  timeout 200 python3 -m kat.cli.bench op --providers kat --cuda-graphs --json "$OUT/op.json" 2>&1 | tee "$OUT/op.txt"
   ;;
 models)
   timeout 150 python3 -m kat.cli.bench model --iters 15 --repeats 3 --json "$OUT/model_eager.json" \

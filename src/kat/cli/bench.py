@@ -50,7 +50,8 @@ def copy_bandwidth(nbytes: int = 2 << 30) -> float:
     return 2 * nbytes / (ms * 1e-3)
 
 
-def bench_op(shape: Sequence[int], dtype: torch.dtype, providers: Sequence[str], copy_bw: float) -> list[dict]:
+def bench_op(shape: Sequence[int], dtype: torch.dtype, providers: Sequence[str], copy_bw: float,
+             cuda_graphs: bool = False) -> list[dict]:
     from triton.testing import do_bench
 
     import kat
@@ -79,6 +80,13 @@ def bench_op(shape: Sequence[int], dtype: torch.dtype, providers: Sequence[str],
         rows.append({"provider": name, "shape": list(shape), "dtype": str(dtype).split(".")[-1],
                      "fwd_ms": t_f, "fwd_bw_frac": 2 * elem / (t_f * 1e-3) / copy_bw,
                      "fwd_bwd_ms": t_fb, "fwd_bwd_bw_frac": 5 * elem / (t_fb * 1e-3) / copy_bw})
+        if cuda_graphs:
+            # The same calls replayed from CUDA graphs: the GPU's time without the host's (the
+            # eager timings above include Python, autograd and launch costs where those dominate).
+            g_f = do_bench(_graphed(fwd), warmup=25, rep=200, return_mode="median")
+            g_fb = do_bench(_graphed(fwd_bwd), warmup=25, rep=200, return_mode="median")
+            rows[-1].update({"graph_fwd_ms": g_f, "graph_fwd_bw_frac": 2 * elem / (g_f * 1e-3) / copy_bw,
+                             "graph_fwd_bwd_ms": g_fb, "graph_fwd_bwd_bw_frac": 5 * elem / (g_fb * 1e-3) / copy_bw})
     return rows
 
 
@@ -190,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     o.add_argument("--tokens", type=int, default=197)
     o.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     o.add_argument("--providers", nargs="+", default=["torch", "compile", "kat"], choices=["torch", "compile", "kat"])
+    o.add_argument("--cuda-graphs", action="store_true",
+                   help="also time each call replayed from a CUDA graph (GPU time without host overhead)")
     m = sub.add_parser("model", help="KAT vs ViT train/inference throughput")
     m.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"])
     m.add_argument("--batch", type=int, default=128)
@@ -233,10 +243,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = []
         for dt in args.dtypes:
             for c in args.channels:
-                rows += bench_op((args.batch, args.tokens, c), DTYPES[dt], args.providers, bw)
+                rows += bench_op((args.batch, args.tokens, c), DTYPES[dt], args.providers, bw, args.cuda_graphs)
                 for r in rows[-len(args.providers):]:
-                    _log.info("%-8s %-5s C=%-5d fwd %.4f ms (%3.0f%%)  fwd+bwd %.4f ms (%3.0f%%)", r["provider"],
-                              dt, c, r["fwd_ms"], 100 * r["fwd_bw_frac"], r["fwd_bwd_ms"], 100 * r["fwd_bwd_bw_frac"])
+                    line = "%-8s %-5s C=%-5d fwd %.4f ms (%3.0f%%)  fwd+bwd %.4f ms (%3.0f%%)" % (
+                        r["provider"], dt, c, r["fwd_ms"], 100 * r["fwd_bw_frac"], r["fwd_bwd_ms"],
+                        100 * r["fwd_bwd_bw_frac"])
+                    if args.cuda_graphs:
+                        line += " | graphs: fwd %.4f ms (%3.0f%%)  fwd+bwd %.4f ms (%3.0f%%)" % (
+                            r["graph_fwd_ms"], 100 * r["graph_fwd_bw_frac"], r["graph_fwd_bwd_ms"],
+                            100 * r["graph_fwd_bwd_bw_frac"])
+                    _log.info("%s", line)
         result["rows"] = rows
     else:
         rows = []
