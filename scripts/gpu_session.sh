@@ -5,6 +5,8 @@
 #                two-launch coefficient reduction, not yet run on a GPU), host time per call, op bench
 #   STAGE=models bash scripts/gpu_session.sh   (~6 min) KAT vs ViT eager, then compiled (both sides)
 #                with the rational as our Triton op and as plain PyTorch (Inductor can fuse that)
+#   STAGE=profile bash scripts/gpu_session.sh  (~2 min) KAT-T vs ViT-T step: eager vs CUDA graph, and
+#                torch.profiler tables by host time (where KAT-T's extra ~12 ms/step of host goes)
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src:$PWD PYTHONUNBUFFERED=1
@@ -23,5 +25,8 @@ models)
       --repeats 3 --json "$OUT/model_compile_$impl.json" 2>&1 | grep -E "^(tiny|small)|ratio|Error" \
       | tee "$OUT/model_compile_$impl.txt"
   done
+  ;;
+profile)
+  timeout 240 python3 scripts/profile_step.py --size tiny --out "$OUT" 2>&1 | tee "$OUT/profile_step.txt"
   ;;
 esac

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Where a training step's time goes, KAT beside ViT, on one GPU (bf16 autocast, fused AdamW, the
+step `kat-bench model` times):
+
+- eager ms/step against the same step replayed from a CUDA graph (the GPU's own time): their
+  difference is what the host adds when it cannot keep the GPU fed;
+- a torch.profiler table of each model's step sorted by host (self CPU) time, so the KAT-minus-ViT
+  host time can be attributed to operators (the rational's Function, launches, reductions, ...).
+
+    PYTHONPATH=src python scripts/profile_step.py --size tiny [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--size", default="tiny")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--out", default=".")
+    args = p.parse_args()
+    import timm
+
+    import kat  # noqa: F401  (registers the KAT models)
+    from kat.cli.bench import _graphed, _time_loop
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for fam in ("vit", "kat"):
+        name = f"{fam}_{args.size}_patch16_224"
+        torch.manual_seed(0)
+        model = timm.create_model(name).cuda().train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True, capturable=True)
+        x = torch.randn(args.batch, 3, 224, 224, device="cuda")
+        y = torch.randint(0, 1000, (args.batch,), device="cuda")
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=False)
+
+        eager = _time_loop(step, args.steps, 5)
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+        (out / f"profile_{name}.txt").write_text(table)
+        events = prof.key_averages()
+        host_ms = sum(e.self_cpu_time_total for e in events) / 1e3 / 5
+        gpu_ms = sum(getattr(e, "self_device_time_total", 0) for e in events) / 1e3 / 5
+        graph = _time_loop(_graphed(step), args.steps, 3)
+        summary[name] = {"eager_ms": eager * 1e3, "graph_ms": graph * 1e3,
+                         "profiled_host_ms_per_step": host_ms, "profiled_gpu_ms_per_step": gpu_ms}
+        print(f"{name}: eager {eager * 1e3:.2f} ms/step, CUDA graph {graph * 1e3:.2f} ms/step; "
+              f"profiled per step: host (self CPU) {host_ms:.2f} ms, GPU kernels {gpu_ms:.2f} ms")
+        print("\n".join(table.splitlines()[:18]))
+        del model, opt
+        torch.cuda.empty_cache()
+    (out / "profile_step.json").write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
