@@ -3,7 +3,8 @@
 # look there): device tool `run` with carry [".data/golden"].
 #   STAGE=check  bash scripts/gpu_session.sh   (~4 min) op tests on the real kernels (incl. the
 #                two-launch coefficient reduction, not yet run on a GPU), host time per call, op bench
-#   STAGE=models bash scripts/gpu_session.sh   (~6 min) KAT vs ViT eager, then compiled (both sides)
+#   STAGE=models bash scripts/gpu_session.sh   (~8 min) KAT vs ViT eager (plain, then with norm2+act1
+#                fused at inference: --fuse-norm-act1), then compiled (both sides)
 #                with the rational as our Triton op and as plain PyTorch (Inductor can fuse that)
 #   STAGE=profile bash scripts/gpu_session.sh  (~2 min) KAT-T vs ViT-T step: eager vs CUDA graph, and
 #                torch.profiler tables by host time (where KAT-T's extra ~12 ms/step of host goes)
@@ -20,6 +21,8 @@ check)
 models)
   timeout 150 python3 -m kat.cli.bench model --iters 15 --repeats 3 --json "$OUT/model_eager.json" \
     2>&1 | tail -3 | tee "$OUT/model_eager.txt"
+  timeout 150 python3 -m kat.cli.bench model --fuse-norm-act1 --iters 15 --repeats 3 \
+    --json "$OUT/model_eager_fused.json" 2>&1 | tail -3 | tee "$OUT/model_eager_fused.txt"
   for impl in triton torch; do
     timeout 170 python3 -m kat.cli.bench model --compile --sizes tiny small --rational-impl $impl --iters 15 \
       --repeats 3 --json "$OUT/model_compile_$impl.json" 2>&1 | grep -E "^(tiny|small)|ratio|Error" \

@@ -17,7 +17,7 @@ from torch import nn
 from .ops.group_rational import IMPLS, MAX_ORDER, group_rational
 from .rational_init import InitSpec, init_coefficients, resolve_init, variance_gain
 
-__all__ = ["GroupRational", "GroupRational2d", "GRKAN", "set_rational_impl"]
+__all__ = ["GroupRational", "GroupRational2d", "GRKAN", "NormAct1", "set_rational_impl"]
 
 
 class GroupRational(nn.Module):
@@ -158,6 +158,7 @@ class GRKAN(nn.Module):
         factory = {"device": device, "dtype": dtype}
         rational = dict(groups=groups, order=order, shared_numerator=shared_numerator, impl=impl, **factory)
         self.linear_init, self.recompute_act1 = linear_init, recompute_act1
+        self.act1_in_norm = False  # set by NormAct1: the block's norm2 applies act1, forward skips it
         # Registration order follows the official module so state_dict keys list in the same order.
         self.fc1 = nn.Linear(in_features, hidden_features, bias=bias[0], **factory)
         self.act1 = GroupRational(in_features, init=act1_init, **rational)
@@ -180,6 +181,9 @@ class GRKAN(nn.Module):
                 nn.init.zeros_(fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act1_in_norm:  # x is already act1's output (NormAct1)
+            x = self.drop2(self.act2(self.fc1(self.drop1(x))))
+            return self.fc2(self.norm(x))
         dev = x.device.type
         if x.dtype == torch.float32 and torch.is_autocast_enabled(dev):
             # fc1 would cast act1's output to the autocast dtype anyway; casting act1's input instead
@@ -194,6 +198,46 @@ class GRKAN(nn.Module):
         x = self.drop2(self.act2(x))
         x = self.norm(x)
         return self.fc2(x)
+
+
+class NormAct1(nn.LayerNorm):
+    """A transformer block's ``norm2`` that also applies its GR-KAN's ``act1`` (the GR-KAN then starts
+    at fc1). Same parameters and state_dict keys as the LayerNorm it replaces; act1's coefficients
+    stay in the GR-KAN (``mlp.act1``), which this module only refers to.
+
+    When nothing needs a gradient and the rational runs on Triton (CUDA, or ``impl="triton"``), both
+    run as one kernel (``layernorm_rational``): one read of the block's input and one write of act1's
+    output, in the autocast dtype under autocast. Otherwise: layer_norm, the cast GR-KAN would make,
+    then act1, exactly the unfused computation (same values, same gradients)."""
+
+    def __init__(self, norm: nn.LayerNorm, grkan: GRKAN):
+        if not isinstance(norm, nn.LayerNorm) or norm.weight is None or norm.bias is None:
+            raise ValueError("NormAct1: needs a LayerNorm with weight and bias")
+        if grkan.recompute_act1:
+            raise ValueError("NormAct1: the GR-KAN's recompute_act1 (act1 fused with fc1) excludes fusing act1 "
+                             "into the norm")
+        super().__init__(norm.normalized_shape, eps=norm.eps, device=norm.weight.device, dtype=norm.weight.dtype)
+        with torch.no_grad():
+            self.weight.copy_(norm.weight)
+            self.bias.copy_(norm.bias)
+        self.__dict__["_grkan"] = grkan  # a reference, not a submodule: no second copy of act1's keys
+        grkan.act1_in_norm = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .ops.group_rational.function import layernorm_rational, layernorm_rational_supported
+        act1 = self._grkan.act1
+        dev = x.device.type
+        out_dtype = torch.get_autocast_dtype(dev) if x.dtype == torch.float32 and torch.is_autocast_enabled(dev) \
+            else x.dtype
+        num, den = act1.weight_numerator, act1.weight_denominator
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, self.weight, self.bias, num, den))
+        if not needs_grad and (x.is_cuda or act1.impl == "triton") and act1.impl != "torch" \
+                and layernorm_rational_supported(x, self.weight, self.bias, num, den) is None:
+            return layernorm_rational(x, self.weight, self.bias, self.eps, num, den, out_dtype)
+        z = nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        if z.dtype != out_dtype:
+            z = z.to(out_dtype)
+        return act1(z)
 
 
 def set_rational_impl(model: nn.Module, impl: str) -> nn.Module:

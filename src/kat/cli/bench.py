@@ -184,6 +184,8 @@ def flops_rows(models: Sequence[str], kanify: bool, input_size=None) -> list[dic
 
 def _kat_kwargs(args) -> dict:
     kw = {"recompute_act1": True} if args.recompute_act1 else {}
+    if args.fuse_norm_act1:
+        kw["fuse_norm_act1"] = True
     if args.rational_impl:
         kw["rational_impl"] = args.rational_impl
     return kw
@@ -211,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--cuda-graphs", action="store_true", help="replay each step as a CUDA graph (no host overhead)")
     m.add_argument("--recompute-act1", action="store_true",
                    help="KAT: recompute act1's output in backward (kat.fused.rational_linear) to save memory")
+    m.add_argument("--fuse-norm-act1", action="store_true",
+                   help="KAT: norm2 and act1 as one kernel at inference (kat.layers.NormAct1)")
     m.add_argument("--rational-impl", default=None, choices=["auto", "torch", "triton"],
                    help="KAT: the rational op's implementation (e.g. 'torch' lets torch.compile fuse it)")
     m.add_argument("--iters", type=int, default=20)

@@ -27,7 +27,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as _vit_checkpoint_filter_fn
 
-from ..layers import GRKAN
+from ..layers import GRKAN, NormAct1
 
 __all__ = ["KAT", "mimetic_init_", "checkpoint_filter_fn", "unwrap_state_dict", "KAT_SIZES"]
 
@@ -93,12 +93,15 @@ class KAT(VisionTransformer):
         rational_impl: "auto" | "torch" | "triton".
         recompute_act1: recompute act1's output in backward instead of storing it (less memory;
             see ``GRKAN``).
+        fuse_norm_act1: each block's norm2 also applies act1 (``kat.layers.NormAct1``): one kernel
+            for both at inference; training computes exactly what the unfused model does. Same
+            state_dict keys.
     """
 
     def __init__(self, *, act_init="swish", act1_init="identity", rational_groups: int = 8,
                  rational_order=(5, 4), shared_numerator: bool = True, mlp_init: str = "variance",
                  attn_init: str = "mimetic", rational_impl: str = "auto", recompute_act1: bool = False,
-                 **kwargs: Any):
+                 fuse_norm_act1: bool = False, **kwargs: Any):
         if "mlp_layer" in kwargs:
             raise ValueError("KAT builds its own mlp_layer (GRKAN); do not pass mlp_layer")
         if attn_init not in ("mimetic", "timm"):
@@ -109,6 +112,9 @@ class KAT(VisionTransformer):
                             order=tuple(rational_order), shared_numerator=shared_numerator,
                             linear_init=mlp_init, impl=rational_impl, recompute_act1=recompute_act1)
         super().__init__(mlp_layer=mlp_layer, **kwargs)
+        if fuse_norm_act1:
+            for block in self.blocks:
+                block.norm2 = NormAct1(block.norm2, block.mlp)
         self._register_load_state_dict_pre_hook(self._check_checkpoint_variant)
 
     def init_weights(self, *args, **kwargs) -> None:

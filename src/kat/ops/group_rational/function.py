@@ -541,3 +541,54 @@ class GroupRationalFunction(torch.autograd.Function):
         else:
             gx, ga, gb = _backward(grad_out, x, numerator, denominator, ctx.channel_dim)
         return gx, ga, gb, None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# LayerNorm + first rational, fused for inference (no autograd)
+
+_LN_PLANS: dict = {}
+LN_MAX_CHANNELS = 8192  # one program holds whole rows
+
+
+def layernorm_rational_supported(x: torch.Tensor, weight, bias, numerator, denominator) -> str | None:
+    """None if ``layernorm_rational`` can run on these arguments, else why not."""
+    reason = triton_supports(x, numerator, denominator)
+    if reason is not None:
+        return reason
+    if weight is None or bias is None:
+        return "the fused kernel needs a LayerNorm with weight and bias"
+    c = x.shape[-1]
+    if c > LN_MAX_CHANNELS or x.numel() == 0 or x.stride(-1) != 1 or not _plannable(x):
+        return f"the fused kernel needs 1..{LN_MAX_CHANNELS} unit-stride channels in rows of one stride"
+    if weight.shape != (c,) or bias.shape != (c,) or c % denominator.shape[0]:
+        return "LayerNorm weight/bias or rational groups do not match the channels"
+    return None
+
+
+def layernorm_rational(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                       numerator: torch.Tensor, denominator: torch.Tensor,
+                       out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``group_rational(layer_norm(x, (C,), weight, bias, eps), numerator, denominator)`` over the
+    last axis in one kernel, output in ``out_dtype`` (default x's). Inference only: records no
+    autograd graph. Check ``layernorm_rational_supported`` first."""
+    c = x.shape[-1]
+    out_dtype = out_dtype or x.dtype
+    key = (x.shape, x.stride(), x.dtype, x.device, out_dtype, weight.dtype, bias.dtype, numerator.shape,
+           denominator.shape, float(eps))
+    plan = _LN_PLANS.get(key)
+    if plan is None:
+        x2 = x.view(-1, c)
+        block_c = _pow2(c)
+        block_m = max(1, min(16, 4096 // block_c))
+        launch = _Launch(_kernels().layernorm_rational_fwd_kernel, (_cdiv(x2.shape[0], block_m),),
+                         {"BLOCK_M": block_m, "BLOCK_C": block_c}, 8 if block_c >= 2048 else 4, 6)
+        plan = (launch, (x2.shape[0], c, c // denominator.shape[0], 0 if numerator.shape[0] == 1 else 6,
+                         x2.stride(0), c, float(eps)))
+        if len(_LN_PLANS) >= 1024:
+            _LN_PLANS.clear()
+        _LN_PLANS[key] = plan
+    launch, ints = plan
+    y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    with torch.no_grad(), _launch_guard(x):
+        launch(x, weight, bias, _padded(numerator, 6), _padded(denominator, 4), y, *ints)
+    return y

@@ -279,7 +279,7 @@ def compile_signature(kernel, dtype: str) -> dict:
         elif p.name.endswith("_ptr"):
             sig[p.name] = "*" + dtype if p.name in ("x_ptr", "y_ptr", "go_ptr", "gx_ptr") else "*fp32"
         else:
-            sig[p.name] = "i32"
+            sig[p.name] = "fp32" if p.name == "eps" else "i32"
     return sig
 
 
@@ -336,3 +336,37 @@ def coefficient_grads_kernel(scratch_ptr, gnum_ptr, gden_ptr, RS, G, NUM_M, NUM_
             tl.store(gnum_ptr + gi[:, None] * NUM_M + k[None, :], per_group, mask=g_ok & (k < NUM_M)[None, :])
     if SHARED:
         tl.store(gnum_ptr + k, num, mask=k < NUM_M)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference: a transformer block's norm2 (LayerNorm) and GR-KAN's first rational in one pass.
+
+@triton.jit
+def layernorm_rational_fwd_kernel(x_ptr, w_ptr, bias_ptr, a_ptr, b_ptr, y_ptr,
+                                  S, C, GROUP_SIZE, a_group_stride, stride_xs, stride_ys, eps,
+                                  BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """y = F(LayerNorm(x)) for BLOCK_M rows of C (<= BLOCK_C) unit-stride channels: the row's mean
+    and biased variance in fp32 (as torch's layer_norm), z = (x - mean) / sqrt(var + eps) * w + bias,
+    then the group rational of z, overflow-safe element by element (the forward's SELECT form).
+    One read of x and one write of y instead of LayerNorm's write, a cast and the rational's read."""
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_C)
+    mask_c = cols < C
+    rows = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    mask = (rows < S)[:, None] & mask_c[None, :]
+    x = tl.load(x_ptr + rows[:, None] * stride_xs + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / C
+    xc = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / C + eps)
+    w = tl.load(w_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)
+    z = xc * rstd[:, None] * w[None, :] + bias[None, :]
+    a0, a1, a2, a3, a4, a5, b1, b2, b3, b4 = _load_coefficients(
+        a_ptr, b_ptr, cols, mask_c, C, GROUP_SIZE, a_group_stride)
+    b1, b2, b3, b4 = tl.abs(b1), tl.abs(b2), tl.abs(b3), tl.abs(b4)
+    az = tl.abs(z)
+    p, q = _pq(z, az, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4)
+    y = tl.fdiv(p, q)
+    scaled = ((tl.abs(p) == float("inf")) | (q == float("inf"))) & (az < float("inf"))
+    y = tl.where(scaled, _scaled_form(z, scaled, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4), y)
+    tl.store(y_ptr + rows[:, None] * stride_ys + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
