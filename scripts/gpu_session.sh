@@ -4,7 +4,7 @@
 #   STAGE=check  bash scripts/gpu_session.sh   (~4 min) op tests on the real kernels (incl. the
 #                two-launch coefficient reduction, not yet run on a GPU), host time per call, op bench
 #   STAGE=models bash scripts/gpu_session.sh   (~8 min) KAT vs ViT eager (plain, then with norm2+act1
-#                fused at inference: --fuse-norm-act1), then compiled (both sides)
+#                fused: --fuse-norm-act1, not yet run on a GPU), then compiled (both sides)
 #                with the rational as our Triton op and as plain PyTorch (Inductor can fuse that)
 #   STAGE=profile bash scripts/gpu_session.sh  (~2 min) KAT-T vs ViT-T step: eager vs CUDA graph, and
 #                torch.profiler tables by host time (where KAT-T's extra ~12 ms/step of host goes)
@@ -14,7 +14,7 @@ export PYTHONPATH=$PWD/src:$PWD PYTHONUNBUFFERED=1
 case "${STAGE:-check}" in
 check)
   KAT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/ops/test_fast_path.py \
-    tests/ops/test_group_rational.py tests/ops/test_fuzz.py 2>&1 | tail -6 | tee "$OUT/pytest.txt"
+    tests/ops/test_group_rational.py tests/ops/test_fuzz.py tests/test_norm_act1.py 2>&1 | tail -6 | tee "$OUT/pytest.txt"
   timeout 90 python3 scripts/host_overhead.py --json "$OUT/host.json" 2>&1 | tee "$OUT/host.txt"
   timeout 200 python3 -m kat.cli.bench op --providers kat --cuda-graphs --json "$OUT/op.json" 2>&1 | tee "$OUT/op.txt"
   ;;

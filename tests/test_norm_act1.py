@@ -33,6 +33,30 @@ def test_layernorm_rational_kernel_matches_layer_norm_then_rational(c, groups, s
     assert torch.equal(y, y2)
 
 
+@pytest.mark.parametrize("c,groups,shared", [(192, 8, True), (200, 8, False), (64, 1, True)])
+@pytest.mark.parametrize("gy_dtype", [torch.float32, torch.bfloat16])
+def test_layernorm_rational_backward_matches_float64_autograd(c, groups, shared, gy_dtype, device):
+    from kat.ops.group_rational.function import LayerNormRationalFunction
+    torch.manual_seed(c + 1)
+    x = (torch.randn(5, 13, c, device=device) * 2 + 0.5).requires_grad_()
+    w = (torch.randn(c, device=device) * 0.5 + 1).requires_grad_()
+    b = (torch.randn(c, device=device) * 0.3).requires_grad_()
+    num = (torch.randn(1 if shared else groups, 6, device=device) * 0.4).requires_grad_()
+    den = (torch.randn(groups, 4, device=device) * 0.4).requires_grad_()
+    y = LayerNormRationalFunction.apply(x, w, b, 1e-5, num, den, gy_dtype)
+    gy = torch.randn(x.shape, device=device).to(gy_dtype)
+    got = torch.autograd.grad(y, (x, w, b, num, den), gy)
+    ref_in = [t.detach().double().requires_grad_() for t in (x, w, b, num, den)]
+    z = torch.nn.functional.layer_norm(ref_in[0], (c,), ref_in[1], ref_in[2], 1e-5)
+    want = torch.autograd.grad(group_rational(z, ref_in[3], ref_in[4], impl="torch"), ref_in, gy.double())
+    for name, g, ww, orig in zip("x w b num den".split(), got, want, (x, w, b, num, den)):
+        assert g.dtype == orig.dtype and g.shape == orig.shape, name
+        assert rel_err(g.double(), ww) <= 2e-5, name
+    again = torch.autograd.grad(LayerNormRationalFunction.apply(x, w, b, 1e-5, num, den, gy_dtype),
+                                (x, w, b, num, den), gy)
+    assert all(torch.equal(p, q) for p, q in zip(got, again))  # deterministic
+
+
 def test_layernorm_rational_refuses_what_it_cannot_do(device):
     x = torch.randn(4, 8, device=device)
     w, b, num, den = torch.ones(8, device=device), torch.zeros(8, device=device), torch.ones(1, 6), torch.ones(2, 4)
@@ -51,20 +75,22 @@ def _pair(**extra):
 
 
 def test_fused_model_same_keys_training_and_inference(device):
+    from kat.ops.group_rational import function as fn
+    fn._LN_BWD_PLANS.clear()
     plain, fused = _pair()
     plain, fused = plain.to(device), fused.to(device)
     assert set(plain.state_dict()) == set(fused.state_dict())
     assert isinstance(fused.blocks[0].norm2, NormAct1) and fused.blocks[0].mlp.act1_in_norm
     x = torch.randn(3, 3, 32, 32, device=device)
-    # training: the unfused computation, so the same loss and gradients bit for bit
+    # training: the fused forward and backward kernels; the same gradients up to fp32 rounding
     for m in (plain, fused):
         m.train()
         m.zero_grad()
         m(x).square().mean().backward()
     for (n, p), (_, q) in zip(plain.named_parameters(), fused.named_parameters()):
-        assert torch.equal(p.grad, q.grad), n
+        assert rel_err(q.grad, p.grad) <= 1e-4, n
     # inference: the fused kernel (fp32 here), equal up to rounding
-    from kat.ops.group_rational import function as fn
+    assert len(fn._LN_BWD_PLANS) == 1  # training went through the fused backward
     fn._LN_PLANS.clear()
     plain.eval(), fused.eval()
     with torch.no_grad():

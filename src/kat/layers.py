@@ -205,10 +205,13 @@ class NormAct1(nn.LayerNorm):
     at fc1). Same parameters and state_dict keys as the LayerNorm it replaces; act1's coefficients
     stay in the GR-KAN (``mlp.act1``), which this module only refers to.
 
-    When nothing needs a gradient and the rational runs on Triton (CUDA, or ``impl="triton"``), both
-    run as one kernel (``layernorm_rational``): one read of the block's input and one write of act1's
-    output, in the autocast dtype under autocast. Otherwise: layer_norm, the cast GR-KAN would make,
-    then act1, exactly the unfused computation (same values, same gradients)."""
+    Where the rational runs on Triton (CUDA, or ``impl="triton"``), both run as one kernel
+    (``layernorm_rational``): one read of the block's input and one write of act1's output, in the
+    autocast dtype under autocast, and in training one backward kernel that recomputes the row
+    statistics and writes grad_x plus partial sums for LayerNorm's and act1's parameters (no
+    LayerNorm output or act1 input is stored). The rational then sees LayerNorm's fp32 output
+    rather than its bf16 rounding, so results differ from the unfused model by rounding. Otherwise:
+    layer_norm, the cast GR-KAN would make, then act1, exactly the unfused computation."""
 
     def __init__(self, norm: nn.LayerNorm, grkan: GRKAN):
         if not isinstance(norm, nn.LayerNorm) or norm.weight is None or norm.bias is None:
@@ -224,15 +227,17 @@ class NormAct1(nn.LayerNorm):
         grkan.act1_in_norm = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .ops.group_rational.function import layernorm_rational, layernorm_rational_supported
+        from .ops.group_rational.function import (LayerNormRationalFunction, layernorm_rational,
+                                                  layernorm_rational_supported)
         act1 = self._grkan.act1
         dev = x.device.type
         out_dtype = torch.get_autocast_dtype(dev) if x.dtype == torch.float32 and torch.is_autocast_enabled(dev) \
             else x.dtype
         num, den = act1.weight_numerator, act1.weight_denominator
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, self.weight, self.bias, num, den))
-        if not needs_grad and (x.is_cuda or act1.impl == "triton") and act1.impl != "torch" \
+        if (x.is_cuda or act1.impl == "triton") and act1.impl != "torch" and not torch.compiler.is_compiling() \
                 and layernorm_rational_supported(x, self.weight, self.bias, num, den) is None:
+            if torch.is_grad_enabled() and any(t.requires_grad for t in (x, self.weight, self.bias, num, den)):
+                return LayerNormRationalFunction.apply(x, self.weight, self.bias, self.eps, num, den, out_dtype)
             return layernorm_rational(x, self.weight, self.bias, self.eps, num, den, out_dtype)
         z = nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         if z.dtype != out_dtype:

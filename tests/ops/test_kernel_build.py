@@ -38,14 +38,14 @@ SCRIPT = textwrap.dedent('''
         src = ASTSource(fn=kernel, signature=kernels.compile_signature(kernel, "fp32"), constexprs=constexprs)
         assert len(triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["cubin"]) > 1000
         print(kernel.__name__, constexprs, "ok")
-    # LayerNorm + rational (inference), KAT-S/B widths
-    for block_c in (512, 1024):
-        for dtype in ("fp32", "bf16"):
-            sig = kernels.compile_signature(kernels.layernorm_rational_fwd_kernel, dtype)
-            src = ASTSource(fn=kernels.layernorm_rational_fwd_kernel, signature=sig,
-                            constexprs={"BLOCK_M": 4096 // block_c, "BLOCK_C": block_c})
-            assert len(triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["cubin"]) > 1000
-            print("layernorm_rational_fwd_kernel", dtype, block_c, "ok")
+    # LayerNorm + rational, forward and backward, KAT-S/B widths
+    for kernel, rows in ((kernels.layernorm_rational_fwd_kernel, 4096), (kernels.layernorm_rational_bwd_kernel, 2048)):
+        for block_c in (512, 1024):
+            for dtype in ("fp32", "bf16"):
+                sig = kernels.compile_signature(kernel, dtype)
+                src = ASTSource(fn=kernel, signature=sig, constexprs={"BLOCK_M": rows // block_c, "BLOCK_C": block_c})
+                assert len(triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["cubin"]) > 1000
+                print(kernel.__name__, dtype, block_c, "ok")
     for kernel, constexprs in cases:
         for dtype in ("fp32", "bf16", "fp16"):
             sig = kernels.compile_signature(kernel, dtype)
@@ -64,4 +64,4 @@ def test_kernels_compile_for_sm90():
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count(" ok") == 19, run.stdout
+    assert run.stdout.count(" ok") == 23, run.stdout

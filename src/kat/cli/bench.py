@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--recompute-act1", action="store_true",
                    help="KAT: recompute act1's output in backward (kat.fused.rational_linear) to save memory")
     m.add_argument("--fuse-norm-act1", action="store_true",
-                   help="KAT: norm2 and act1 as one kernel at inference (kat.layers.NormAct1)")
+                   help="KAT: norm2 and act1 as one kernel, forward and backward (kat.layers.NormAct1)")
     m.add_argument("--rational-impl", default=None, choices=["auto", "torch", "triton"],
                    help="KAT: the rational op's implementation (e.g. 'torch' lets torch.compile fuse it)")
     m.add_argument("--iters", type=int, default=20)

@@ -93,8 +93,8 @@ class KAT(VisionTransformer):
         rational_impl: "auto" | "torch" | "triton".
         recompute_act1: recompute act1's output in backward instead of storing it (less memory;
             see ``GRKAN``).
-        fuse_norm_act1: each block's norm2 also applies act1 (``kat.layers.NormAct1``): one kernel
-            for both at inference; training computes exactly what the unfused model does. Same
+        fuse_norm_act1: each block's norm2 also applies act1 (``kat.layers.NormAct1``): one Triton
+            kernel for both, forward and backward, where the rational runs on Triton. Same
             state_dict keys.
     """
 

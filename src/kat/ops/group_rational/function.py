@@ -547,7 +547,7 @@ class GroupRationalFunction(torch.autograd.Function):
 # LayerNorm + first rational, fused for inference (no autograd)
 
 _LN_PLANS: dict = {}
-LN_MAX_CHANNELS = 8192  # one program holds whole rows
+LN_MAX_CHANNELS = 4096  # one program holds whole rows
 
 
 def layernorm_rational_supported(x: torch.Tensor, weight, bias, numerator, denominator) -> str | None:
@@ -580,8 +580,9 @@ def layernorm_rational(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         x2 = x.view(-1, c)
         block_c = _pow2(c)
         block_m = max(1, min(16, 4096 // block_c))
+        # ptxas (sm_90): 115-181 registers, no spills, for C <= 1024 at 4 warps
         launch = _Launch(_kernels().layernorm_rational_fwd_kernel, (_cdiv(x2.shape[0], block_m),),
-                         {"BLOCK_M": block_m, "BLOCK_C": block_c}, 8 if block_c >= 2048 else 4, 6)
+                         {"BLOCK_M": block_m, "BLOCK_C": block_c}, max(4, block_c // 256), 6)
         plan = (launch, (x2.shape[0], c, c // denominator.shape[0], 0 if numerator.shape[0] == 1 else 6,
                          x2.stride(0), c, float(eps)))
         if len(_LN_PLANS) >= 1024:
@@ -589,6 +590,77 @@ def layernorm_rational(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         _LN_PLANS[key] = plan
     launch, ints = plan
     y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-    with torch.no_grad(), _launch_guard(x):
+    with _launch_guard(x):
         launch(x, weight, bias, _padded(numerator, 6), _padded(denominator, 4), y, *ints)
     return y
+
+
+_LN_BWD_PLANS: dict = {}
+
+
+def layernorm_rational_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                                eps: float, numerator: torch.Tensor, denominator: torch.Tensor):
+    """(grad_x, grad_weight, grad_bias, grad_numerator, grad_denominator) of ``layernorm_rational``:
+    one pass over (x, grad_y) writing grad_x and per-program partial sums, then fixed-order
+    reductions (the coefficient reduction of the rational's backward; one torch sum for LayerNorm's
+    two vectors)."""
+    c = x.shape[-1]
+    groups = denominator.shape[0]
+    if not grad_y.is_contiguous():
+        grad_y = grad_y.contiguous()
+    key = (x.shape, x.stride(), x.dtype, grad_y.dtype, x.device, weight.dtype, bias.dtype, numerator.shape,
+           denominator.shape, float(eps))
+    plan = _LN_BWD_PLANS.get(key)
+    if plan is None:
+        x2 = x.view(-1, c)
+        s = x2.shape[0]
+        block_c = _pow2(c)
+        # about 4 elements of a tile per thread: ptxas (sm_90) 103-167 registers, no spills, C <= 1024
+        block_m = max(1, 1024 // block_c)
+        warps = min(32, max(4, block_m * block_c // 128))
+        sms = _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()) \
+            if x.device.type == "cuda" else 2
+        programs = max(1, min(_cdiv(s, block_m), sms * max(1, 16 // warps)))
+        launch = _Launch(_kernels().layernorm_rational_bwd_kernel, (programs,),
+                         {"BLOCK_M": block_m, "BLOCK_C": block_c}, warps, 9)
+        red = _Reduction(x.device, programs, groups, c // groups, numerator.shape[1], denominator.shape[1],
+                         numerator.shape[0] == 1)
+        red1 = _Launch(_kernels().coefficient_partials_kernel, red.grid1, red.consts1, 4, 2)
+        red2 = _Launch(_kernels().coefficient_grads_kernel, (1,), red.consts2, 4, 3)
+        ints = (s, c, c // groups, 0 if numerator.shape[0] == 1 else 6, x2.stride(0), c, c, float(eps), programs)
+        plan = (launch, ints, red, red1, red2)
+        if len(_LN_BWD_PLANS) >= 1024:
+            _LN_BWD_PLANS.clear()
+        _LN_BWD_PLANS[key] = plan
+    launch, ints, red, red1, red2 = plan
+    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    partial = torch.empty((red.rows, c, 10), dtype=torch.float32, device=x.device)
+    lnp = torch.empty((red.rows, 2, c), dtype=torch.float32, device=x.device)
+    scratch, gnum, gden = red.outputs(x.device)
+    with _launch_guard(x):
+        launch(x, grad_y, gx, weight, bias, _padded(numerator, 6), _padded(denominator, 4), partial, lnp, *ints)
+        red1(partial, scratch, red.rows, red.groups, red.gs, red.per)
+        red2(scratch, gnum, gden, red.rs, red.groups, red.num_m, red.num_n)
+    gwb = lnp.sum(0)
+    gw, gb = gwb[0], gwb[1]
+    if gw.dtype != weight.dtype:
+        gw, gb = gw.to(weight.dtype), gb.to(bias.dtype)
+    return (gx, gw, gb, *_coefficient_grads(gnum, gden, numerator, denominator))
+
+
+class LayerNormRationalFunction(torch.autograd.Function):
+    """Autograd for ``layernorm_rational``: saves x and the parameters (the row statistics and z are
+    recomputed in backward)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, numerator, denominator, out_dtype):
+        ctx.save_for_backward(x, weight, bias, numerator, denominator)
+        ctx.eps = eps
+        return layernorm_rational(x, weight, bias, eps, numerator, denominator, out_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, bias, numerator, denominator = ctx.saved_tensors
+        gx, gw, gb, gnum, gden = layernorm_rational_backward(grad_y, x, weight, bias, ctx.eps, numerator,
+                                                             denominator)
+        return gx, gw, gb, None, gnum, gden, None
