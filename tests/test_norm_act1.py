@@ -105,3 +105,23 @@ def test_fused_norm_act1_excludes_recompute_act1():
     g = GRKAN(16, 64, groups=4, recompute_act1=True)
     with pytest.raises(ValueError, match="recompute_act1"):
         NormAct1(torch.nn.LayerNorm(16), g)
+
+
+def test_fused_model_under_torch_compile(device):
+    """torch.compile(fullgraph=True) traces NormAct1 through the layernorm_rational custom ops
+    (fake impls): same loss and gradients as eager, and inference."""
+    torch._dynamo.reset()
+    _, fused = _pair()
+    fused = fused.to(device).train()
+    x = torch.randn(2, 3, 32, 32, device=device)
+    compiled = torch.compile(fused, fullgraph=True)
+    loss_e = fused(x).square().mean()
+    grads_e = torch.autograd.grad(loss_e, list(fused.parameters()))
+    loss_c = compiled(x).square().mean()
+    grads_c = torch.autograd.grad(loss_c, list(fused.parameters()))
+    assert rel_err(loss_c, loss_e) <= 1e-5
+    for gc, ge in zip(grads_c, grads_e):
+        assert rel_err(gc, ge) <= 1e-4
+    fused.eval()
+    with torch.no_grad():
+        assert rel_err(compiled(x), fused(x)) <= 1e-5

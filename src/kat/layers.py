@@ -234,10 +234,12 @@ class NormAct1(nn.LayerNorm):
         out_dtype = torch.get_autocast_dtype(dev) if x.dtype == torch.float32 and torch.is_autocast_enabled(dev) \
             else x.dtype
         num, den = act1.weight_numerator, act1.weight_denominator
-        if (x.is_cuda or act1.impl == "triton") and act1.impl != "torch" and not torch.compiler.is_compiling() \
+        if (x.is_cuda or act1.impl == "triton") and act1.impl != "torch" \
                 and layernorm_rational_supported(x, self.weight, self.bias, num, den) is None:
             if torch.is_grad_enabled() and any(t.requires_grad for t in (x, self.weight, self.bias, num, den)):
                 return LayerNormRationalFunction.apply(x, self.weight, self.bias, self.eps, num, den, out_dtype)
+            if torch.compiler.is_compiling():
+                return torch.ops.kat.layernorm_rational_fwd(x, self.weight, self.bias, self.eps, num, den, out_dtype)
             return layernorm_rational(x, self.weight, self.bias, self.eps, num, den, out_dtype)
         z = nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         if z.dtype != out_dtype:

@@ -648,19 +648,52 @@ def layernorm_rational_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: t
     return (gx, gw, gb, *_coefficient_grads(gnum, gden, numerator, denominator))
 
 
+# The same as custom ops, for torch.compile (fake impls give Inductor the output shapes/strides).
+@torch.library.custom_op("kat::layernorm_rational_fwd", mutates_args=())
+def layernorm_rational_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                           numerator: torch.Tensor, denominator: torch.Tensor,
+                           out_dtype: torch.dtype) -> torch.Tensor:
+    return layernorm_rational(x, weight, bias, eps, numerator, denominator, out_dtype)
+
+
+@layernorm_rational_fwd.register_fake
+def _(x, weight, bias, eps, numerator, denominator, out_dtype):
+    return torch.empty(x.shape, dtype=out_dtype, device=x.device)
+
+
+@torch.library.custom_op("kat::layernorm_rational_bwd", mutates_args=())
+def layernorm_rational_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                           eps: float, numerator: torch.Tensor, denominator: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    gx, gw, gb, gnum, gden = layernorm_rational_backward(grad_y, x, weight, bias, eps, numerator, denominator)
+    return gx, gw, gb.clone(), gnum.contiguous(), gden.contiguous()  # gw, gb: rows of one buffer
+
+
+@layernorm_rational_bwd.register_fake
+def _(grad_y, x, weight, bias, eps, numerator, denominator):
+    return (torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty_like(weight),
+            torch.empty_like(bias), torch.empty_like(numerator), torch.empty_like(denominator))
+
+
 class LayerNormRationalFunction(torch.autograd.Function):
     """Autograd for ``layernorm_rational``: saves x and the parameters (the row statistics and z are
-    recomputed in backward)."""
+    recomputed in backward). Under torch.compile it records the custom ops above."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, numerator, denominator, out_dtype):
         ctx.save_for_backward(x, weight, bias, numerator, denominator)
         ctx.eps = eps
+        if torch.compiler.is_compiling():
+            return torch.ops.kat.layernorm_rational_fwd(x, weight, bias, eps, numerator, denominator, out_dtype)
         return layernorm_rational(x, weight, bias, eps, numerator, denominator, out_dtype)
 
     @staticmethod
     def backward(ctx, grad_y):
         x, weight, bias, numerator, denominator = ctx.saved_tensors
-        gx, gw, gb, gnum, gden = layernorm_rational_backward(grad_y, x, weight, bias, ctx.eps, numerator,
-                                                             denominator)
+        if torch.compiler.is_compiling():
+            gx, gw, gb, gnum, gden = torch.ops.kat.layernorm_rational_bwd(grad_y, x, weight, bias, ctx.eps,
+                                                                         numerator, denominator)
+        else:
+            gx, gw, gb, gnum, gden = layernorm_rational_backward(grad_y, x, weight, bias, ctx.eps, numerator,
+                                                                 denominator)
         return gx, gw, gb, None, gnum, gden, None
