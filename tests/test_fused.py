@@ -104,3 +104,18 @@ def test_saved_activations_against_timm_mlp():
     assert mlp > 8 * extra  # Mlp keeps ~9 such tensors' worth (fc1 input, GELU input, fc2 input, weight casts)
     assert plain == mlp + extra
     assert fused <= mlp
+
+
+def test_norm_act1_saves_no_more_than_timm_norm_and_mlp():
+    """norm2 + MLP as in a transformer block, under bf16 autocast: LayerNorm + plain GR-KAN keeps one
+    bf16 (..., C) tensor more than LayerNorm + timm's Mlp; with norm2 and act1 fused (NormAct1) it
+    keeps no more than ViT's pair (the fused backward recomputes LayerNorm's output from x)."""
+    from kat.layers import NormAct1
+    c = 192
+    x = torch.randn(8, 197, c, requires_grad=True)
+    vit = _saved_bytes(torch.nn.Sequential(torch.nn.LayerNorm(c), Mlp(c, 4 * c)), x)
+    plain = _saved_bytes(torch.nn.Sequential(torch.nn.LayerNorm(c), GRKAN(c, 4 * c, impl="triton")), x)
+    grkan = GRKAN(c, 4 * c, impl="triton")
+    fused = _saved_bytes(torch.nn.Sequential(NormAct1(torch.nn.LayerNorm(c), grkan), grkan), x)
+    assert plain == vit + 8 * 197 * c * 2
+    assert fused <= vit
