@@ -162,6 +162,31 @@ def _fwd_scaled_fixup(x_ptr, y_ptr, a_ptr, b_ptr, row0, S, cal, ca, mask_c, C, G
 
 
 @triton.jit
+def _grad_terms(x, go, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
+    """For y = P(x)/Q(x) (b already |b|) and upstream gradient go: (dL/dx, r = go/Q, f = P/Q, |x|,
+    x^2, x^3, x^4, x^5), the pieces the coefficient gradients are built from."""
+    ax = tl.abs(x)
+    x2 = x * x
+    x3 = x2 * x
+    x4 = x2 * x2
+    x5 = x4 * x
+    p, q = _pq(x, ax, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4)
+    dp = 5.0 * a5 * x + 4.0 * a4
+    dp = dp * x + 3.0 * a3
+    dp = dp * x + 2.0 * a2
+    dp = dp * x + a1
+    dq = 4.0 * b4 * ax + 3.0 * b3
+    dq = dq * ax + 2.0 * b2
+    dq = dq * ax + b1
+    # d|x|/dx = sign(x) with sign(0) = +1, the official kernels' convention
+    dq = tl.where(x < 0, -dq, dq)
+    inv_q = tl.fdiv(1.0, q)
+    f = p * inv_q
+    r = go * inv_q
+    return r * (dp - f * dq), r, f, ax, x2, x3, x4, x5
+
+
+@triton.jit
 def _accumulate(acc, v, ROW_REDUCE: tl.constexpr):
     """acc += v, or acc += v summed over the tile's rows (acc is then [1, BLOCK_C])."""
     if ROW_REDUCE:
@@ -221,25 +246,7 @@ def group_rational_bwd_kernel(
         x_next = tl.load(x_ptr + s[:, None] * stride_xs + col_x, mask=mask, other=0.0)
         go_next = tl.load(go_ptr + s[:, None] * stride_gs + col_g, mask=mask, other=0.0)
 
-        ax = tl.abs(x)
-        x2 = x * x
-        x3 = x2 * x
-        x4 = x2 * x2
-        x5 = x4 * x
-        p, q = _pq(x, ax, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4)
-        dp = 5.0 * a5 * x + 4.0 * a4
-        dp = dp * x + 3.0 * a3
-        dp = dp * x + 2.0 * a2
-        dp = dp * x + a1
-        dq = 4.0 * b4 * ax + 3.0 * b3
-        dq = dq * ax + 2.0 * b2
-        dq = dq * ax + b1
-        # d|x|/dx = sign(x) with sign(0) = +1, the official kernels' convention
-        dq = tl.where(x < 0, -dq, dq)
-        inv_q = tl.fdiv(1.0, q)
-        f = p * inv_q
-        r = go * inv_q
-        gx = r * (dp - f * dq)
+        gx, r, f, ax, x2, x3, x4, x5 = _grad_terms(x, go, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4)
         tl.store(gx_ptr + s_here[:, None] * stride_dxs + col_d,
                  gx.to(gx_ptr.dtype.element_ty), mask=mask_here)
         acc_a0 = _accumulate(acc_a0, r, ROW_REDUCE)
@@ -411,24 +418,7 @@ def layernorm_rational_bwd_kernel(x_ptr, gy_ptr, gx_ptr, w_ptr, bias_ptr, a_ptr,
         rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / C + eps)
         xhat = xc * rstd[:, None]
         z = xhat * w + bias
-        az = tl.abs(z)
-        z2 = z * z
-        z3 = z2 * z
-        z4 = z2 * z2
-        z5 = z4 * z
-        p, q = _pq(z, az, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4)
-        dp = 5.0 * a5 * z + 4.0 * a4
-        dp = dp * z + 3.0 * a3
-        dp = dp * z + 2.0 * a2
-        dp = dp * z + a1
-        dq = 4.0 * b4 * az + 3.0 * b3
-        dq = dq * az + 2.0 * b2
-        dq = dq * az + b1
-        dq = tl.where(z < 0, -dq, dq)  # d|z|/dz = sign(z), +1 at 0
-        inv_q = tl.fdiv(1.0, q)
-        f = p * inv_q
-        r = go * inv_q
-        dz = r * (dp - f * dq)
+        dz, r, f, az, z2, z3, z4, z5 = _grad_terms(z, go, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4)
         acc_a0 += tl.sum(r, axis=0, keep_dims=True)
         acc_a1 += tl.sum(r * z, axis=0, keep_dims=True)
         acc_a2 += tl.sum(r * z2, axis=0, keep_dims=True)
