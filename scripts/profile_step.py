@@ -7,7 +7,7 @@ step `kat-bench model` times):
 - a torch.profiler table of each model's step sorted by host (self CPU) time, so the KAT-minus-ViT
   host time can be attributed to operators (the rational's Function, launches, reductions, ...).
 
-    PYTHONPATH=src python scripts/profile_step.py --size tiny [--out DIR]
+    PYTHONPATH=src python scripts/profile_step.py --size tiny [--fuse-norm-act1] [--out DIR]
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def main():
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--out", default=".")
+    p.add_argument("--fuse-norm-act1", action="store_true", help="KAT with norm2 + act1 fused (NormAct1)")
     args = p.parse_args()
     import timm
 
@@ -35,7 +36,8 @@ def main():
     for fam in ("vit", "kat"):
         name = f"{fam}_{args.size}_patch16_224"
         torch.manual_seed(0)
-        model = timm.create_model(name).cuda().train()
+        kw = {"fuse_norm_act1": True} if fam == "kat" and args.fuse_norm_act1 else {}
+        model = timm.create_model(name, **kw).cuda().train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True, capturable=True)
         x = torch.randn(args.batch, 3, 224, 224, device="cuda")
         y = torch.randint(0, 1000, (args.batch,), device="cuda")
