@@ -125,3 +125,12 @@ def test_fused_model_under_torch_compile(device):
     fused.eval()
     with torch.no_grad():
         assert rel_err(compiled(x), fused(x)) <= 1e-5
+
+
+def test_deepcopy_keeps_norm2_pointing_at_its_own_grkan():
+    """EMA and other copies deep-copy the model: the copied norm2 must use the copied act1."""
+    import copy
+    _, fused = _pair()
+    twin = copy.deepcopy(fused)
+    for a, b in zip(fused.blocks, twin.blocks):
+        assert b.norm2._grkan is b.mlp and b.norm2._grkan is not a.mlp and b.mlp.act1_in_norm
