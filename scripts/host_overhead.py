@@ -31,6 +31,19 @@ def host_us(fn, n=100, loops=5):
     return statistics.median(ts)
 
 
+def print_cprofile(fn, calls: int, rows: int) -> None:
+    """cProfile of ``calls`` calls of ``fn`` (then a GPU sync), the top ``rows`` by own time."""
+    import cProfile
+    import pstats
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(calls):
+        fn()
+    pr.disable()
+    torch.cuda.synchronize()
+    pstats.Stats(pr).sort_stats("tottime").print_stats(rows)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--json", default=None)
@@ -110,16 +123,7 @@ def main():
         out[name] = host_us(f)
         print(f"{name:40s} {out[name]:8.1f} us")
     if args.cprofile:
-        import cProfile
-        import pstats
-        f = rows["kat op fwd+bwd"]
-        pr = cProfile.Profile()
-        pr.enable()
-        for _ in range(300):
-            f()
-        pr.disable()
-        torch.cuda.synchronize()
-        pstats.Stats(pr).sort_stats("tottime").print_stats(22)
+        print_cprofile(rows["kat op fwd+bwd"], 300, 22)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=1)

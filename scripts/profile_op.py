@@ -101,15 +101,8 @@ def main():
                   f"do_bench {dev * 1e3:7.1f} us")
         print("  tuner picks:", {k[0]: v for k, v in fn._TUNER.cache.items() if k[4] == ca and k[2] == dtype})
         if args.cprofile:
-            import cProfile
-            import pstats
-            pr = cProfile.Profile()
-            pr.enable()
-            for _ in range(100):
-                fwd_bwd()
-            pr.disable()
-            torch.cuda.synchronize()
-            pstats.Stats(pr).sort_stats("tottime").print_stats(14)
+            from host_overhead import print_cprofile  # scripts/ is on sys.path when run as a script
+            print_cprofile(fwd_bwd, 100, 14)
         if args.trace:
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 for _ in range(5):

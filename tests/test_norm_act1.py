@@ -7,7 +7,7 @@ import torch
 import kat  # noqa: F401  (registers the models)
 from kat.layers import GRKAN, NormAct1
 from kat.ops.group_rational import group_rational
-from kat.ops.group_rational.function import layernorm_rational, layernorm_rational_supported
+from kat.ops.group_rational.layernorm import layernorm_rational, layernorm_rational_supported
 from tests.helpers import rel_err
 
 
@@ -36,7 +36,7 @@ def test_layernorm_rational_kernel_matches_layer_norm_then_rational(c, groups, s
 @pytest.mark.parametrize("c,groups,shared", [(192, 8, True), (200, 8, False), (64, 1, True)])
 @pytest.mark.parametrize("gy_dtype", [torch.float32, torch.bfloat16])
 def test_layernorm_rational_backward_matches_float64_autograd(c, groups, shared, gy_dtype, device):
-    from kat.ops.group_rational.function import LayerNormRationalFunction
+    from kat.ops.group_rational.layernorm import LayerNormRationalFunction
     torch.manual_seed(c + 1)
     x = (torch.randn(5, 13, c, device=device) * 2 + 0.5).requires_grad_()
     w = (torch.randn(c, device=device) * 0.5 + 1).requires_grad_()
@@ -75,7 +75,7 @@ def _pair(**extra):
 
 
 def test_fused_model_same_keys_training_and_inference(device):
-    from kat.ops.group_rational import function as fn
+    from kat.ops.group_rational import layernorm as fn
     fn._LN_BWD_PLANS.clear()
     plain, fused = _pair()
     plain, fused = plain.to(device), fused.to(device)

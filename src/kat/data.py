@@ -26,7 +26,8 @@ import torch
 from torch.utils.data import Dataset
 
 __all__ = ["TensorImageDataset", "DatasetInfo", "load_digits", "load_fashion_mnist", "embedded_dataset",
-           "EMBEDDED", "SyntheticImages", "DeviceSyntheticBatches", "device_synthetic_loader", "synthetic_dataset", "FASHION_MNIST_DIRS", "FASHION_MNIST_CLASSES"]
+           "EMBEDDED", "SyntheticImages", "DeviceSyntheticBatches", "device_synthetic_loader", "synthetic_dataset",
+           "FASHION_MNIST_DIRS", "FASHION_MNIST_CLASSES"]
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -155,7 +156,11 @@ class SyntheticImages(Dataset):
         return self.length
 
     def __getitem__(self, i: int):
-        return self.pool[i % len(self.pool)], (7919 * i) % self.num_classes
+        return self.pool[i % len(self.pool)], self.label(i)
+
+    def label(self, i):
+        """Label of image ``i`` (an int, or a tensor of indices)."""
+        return (7919 * i) % self.num_classes
 
 
 class DeviceSyntheticBatches:
@@ -174,21 +179,9 @@ class DeviceSyntheticBatches:
         return len(self.loader)
 
     def __iter__(self):
-        n_pool, n_cls = len(self.pool), self.dataset.num_classes
         for idx in self.loader:
             idx = idx.to(self.device, non_blocking=True)
-            yield self.pool[idx % n_pool], (idx * 7919) % n_cls
-
-
-class _Indices(Dataset):
-    def __init__(self, length: int):
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> int:
-        return i
+            yield self.pool[idx % len(self.pool)], self.dataset.label(idx)
 
 
 def device_synthetic_loader(dataset: SyntheticImages, device, batch_size: int, sampler=None, shuffle=False,
@@ -196,7 +189,7 @@ def device_synthetic_loader(dataset: SyntheticImages, device, batch_size: int, s
     """``DeviceSyntheticBatches`` over a DataLoader of ``dataset``'s indices (same sampling arguments
     as the DataLoader it stands in for; no workers needed)."""
     from torch.utils.data import DataLoader
-    index_loader = DataLoader(_Indices(len(dataset)), batch_size=batch_size, sampler=sampler, shuffle=shuffle,
+    index_loader = DataLoader(range(len(dataset)), batch_size=batch_size, sampler=sampler, shuffle=shuffle,
                               drop_last=drop_last, num_workers=0, generator=generator)
     return DeviceSyntheticBatches(index_loader, dataset, device)
 

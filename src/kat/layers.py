@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .ops.group_rational import IMPLS, MAX_ORDER, group_rational
+from .ops.group_rational.layernorm import LayerNormRationalFunction, layernorm_rational, layernorm_rational_supported
 from .rational_init import InitSpec, init_coefficients, resolve_init, variance_gain
 
 __all__ = ["GroupRational", "GroupRational2d", "GRKAN", "NormAct1", "set_rational_impl"]
@@ -227,8 +228,6 @@ class NormAct1(nn.LayerNorm):
         grkan.act1_in_norm = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .ops.group_rational.function import (LayerNormRationalFunction, layernorm_rational,
-                                                  layernorm_rational_supported)
         act1 = self._grkan.act1
         dev = x.device.type
         out_dtype = torch.get_autocast_dtype(dev) if x.dtype == torch.float32 and torch.is_autocast_enabled(dev) \

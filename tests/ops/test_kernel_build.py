@@ -31,9 +31,9 @@ SCRIPT = textwrap.dedent('''
         cases += [(kernel, consts(first)), (kernel, consts(other))]
     # the coefficient reduction (fp32 only: it reads the backward's fp32 partial sums)
     red = fn._Reduction(None, 352, 8, 24, 6, 4, True, sms=132)
-    reductions = [(kernels.coefficient_partials_kernel, red.consts1),
-                  (kernels.coefficient_grads_kernel, red.consts2),
-                  (kernels.coefficient_grads_kernel, dict(red.consts2, SHARED=False))]
+    reductions = [(kernels.coefficient_partials_kernel, red.partials.consts),
+                  (kernels.coefficient_grads_kernel, red.final.consts),
+                  (kernels.coefficient_grads_kernel, dict(red.final.consts, SHARED=False))]
     for kernel, constexprs in reductions:
         src = ASTSource(fn=kernel, signature=kernels.compile_signature(kernel, "fp32"), constexprs=constexprs)
         assert len(triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["cubin"]) > 1000

@@ -351,15 +351,12 @@ def _backward(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor,
     def launch(cfg):
         return _launch_bwd(x2, g2, gx2, a, b, a_stride, c, groups, cfg)
 
-    red = None
     with _launch_guard(x):
         partial = launch(_TUNER.pick(("bwd", x.device, x.dtype, s, ca, c, groups), kernels.BWD_CONFIGS, launch))
         # partial (splits, CA, NUM_ACC) = (splits x outer copies, G, GS, NUM_ACC)
         red = _Reduction(x.device, partial.shape[0] * (ca // c), groups, c // groups, numerator.shape[1],
                          denominator.shape[1], numerator.shape[0] == 1)
-        scratch, gnum, gden = red.outputs(x.device)
-        red.launch_jit(partial, scratch, gnum, gden)
-    return (gx, *_coefficient_grads(gnum, gden, numerator, denominator))
+        return (gx, *red(partial, numerator, denominator))
 
 
 def _pow2(n: int) -> int:
@@ -372,11 +369,11 @@ class _Reduction:
     program that sums the blocks (and the groups, for a shared numerator). Grid and block sizes are
     fixed per shape, so the summation order, hence the result, is the same on every call."""
 
-    __slots__ = ("rows", "groups", "gs", "num_m", "num_n", "shared", "rs", "per", "grid1", "consts1",
-                 "consts2")
+    __slots__ = ("rows", "groups", "gs", "num_m", "num_n", "shared", "rs", "per", "partials", "final")
 
     def __init__(self, device: torch.device, rows: int, groups: int, gs: int, num_m: int, num_n: int,
                  shared: bool, sms: int | None = None):
+        kernels = _kernels()
         self.rows, self.groups, self.gs, self.num_m, self.num_n, self.shared = rows, groups, gs, num_m, num_n, shared
         block_j = min(64, _pow2(gs))
         block_r = max(1, 4096 // (block_j * 16))
@@ -387,35 +384,26 @@ class _Reduction:
         rs = max(1, min(64, _cdiv(rows, block_r), _cdiv(2 * sms, groups)))
         self.per = _cdiv(rows, rs)
         self.rs = _cdiv(rows, self.per)
-        self.grid1 = (groups, self.rs)
-        self.consts1 = {"BLOCK_R": block_r, "BLOCK_J": block_j}
         block_rs = _pow2(self.rs)
-        self.consts2 = {"SHARED": shared, "BLOCK_RS": block_rs,
-                        "BLOCK_G": max(1, min(_pow2(groups), 4096 // (block_rs * 16)))}
+        self.partials = _Launch(kernels.coefficient_partials_kernel, (groups, self.rs),
+                                {"BLOCK_R": block_r, "BLOCK_J": block_j}, 4, 2)
+        self.final = _Launch(kernels.coefficient_grads_kernel, (1,),
+                             {"SHARED": shared, "BLOCK_RS": block_rs,
+                              "BLOCK_G": max(1, min(_pow2(groups), 4096 // (block_rs * 16)))}, 4, 3)
 
-    def outputs(self, device):
-        scratch = torch.empty((self.rs, self.groups, 16), dtype=torch.float32, device=device)
-        gnum = torch.empty((1 if self.shared else self.groups, self.num_m), dtype=torch.float32, device=device)
-        gden = torch.empty((self.groups, self.num_n), dtype=torch.float32, device=device)
-        return scratch, gnum, gden
-
-    def launch_jit(self, partial, scratch, gnum, gden):
-        """Both launches through Triton's launcher (the general path)."""
-        kernels = _kernels()
-        kernels.coefficient_partials_kernel[self.grid1](
-            partial, scratch, self.rows, self.groups, self.gs, self.per, **self.consts1, num_warps=4)
-        kernels.coefficient_grads_kernel[(1,)](
-            scratch, gnum, gden, self.rs, self.groups, self.num_m, self.num_n, **self.consts2, num_warps=4)
-
-
-def _coefficient_grads(gnum: torch.Tensor, gden: torch.Tensor, numerator: torch.Tensor,
-                       denominator: torch.Tensor):
-    """The reduction's fp32 outputs in the coefficients' dtypes."""
-    if numerator.dtype != gnum.dtype:
-        gnum = gnum.to(numerator.dtype)
-    if denominator.dtype != gden.dtype:
-        gden = gden.to(denominator.dtype)
-    return gnum, gden
+    def __call__(self, partial: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor):
+        """(grad_numerator, grad_denominator) in the coefficients' dtypes, from ``partial``."""
+        dev = partial.device
+        scratch = torch.empty((self.rs, self.groups, 16), dtype=torch.float32, device=dev)
+        gnum = torch.empty((1 if self.shared else self.groups, self.num_m), dtype=torch.float32, device=dev)
+        gden = torch.empty((self.groups, self.num_n), dtype=torch.float32, device=dev)
+        self.partials(partial, scratch, self.rows, self.groups, self.gs, self.per)
+        self.final(scratch, gnum, gden, self.rs, self.groups, self.num_m, self.num_n)
+        if numerator.dtype != gnum.dtype:
+            gnum = gnum.to(numerator.dtype)
+        if denominator.dtype != gden.dtype:
+            gden = gden.to(denominator.dtype)
+        return gnum, gden
 
 
 @torch.library.custom_op("kat::group_rational_bwd", mutates_args=())
@@ -445,8 +433,7 @@ class Plan:
     device, with coefficients of one shape: the matrix view's strides, the tuned configs and their
     launchers. Per call, only the pointers change. Built on first use by ``group_rational``."""
 
-    __slots__ = ("x_stride", "c", "a_stride", "x_args", "fwd", "bwd", "partial_shape", "red", "red1", "red2",
-                 "red_args")
+    __slots__ = ("x_stride", "c", "a_stride", "x_args", "fwd", "bwd", "partial_shape", "red")
 
     def __init__(self, x, numerator, denominator):
         kernels = _kernels()
@@ -471,11 +458,8 @@ class Plan:
         self.bwd = _Launch(kernels.group_rational_bwd_kernel, grid, _bwd_consts(bcfg), bcfg[2], 6)
         # partial[p, g, j, k]: split p, group g, channel j of the group, term k
         self.partial_shape = (grid[0], groups, gs, kernels.NUM_ACC)
-        red = self.red = _Reduction(x.device, grid[0], groups, gs, numerator.shape[1], denominator.shape[1],
-                                    numerator.shape[0] == 1)
-        self.red1 = _Launch(kernels.coefficient_partials_kernel, red.grid1, red.consts1, 4, 2)
-        self.red2 = _Launch(kernels.coefficient_grads_kernel, (1,), red.consts2, 4, 3)
-        self.red_args = ((red.rows, groups, gs, red.per), (red.rs, groups, red.num_m, red.num_n))
+        self.red = _Reduction(x.device, grid[0], groups, gs, numerator.shape[1], denominator.shape[1],
+                              numerator.shape[0] == 1)
 
     def forward(self, x, numerator, denominator):
         y = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -489,13 +473,10 @@ class Plan:
             grad_out = grad_out.contiguous()
         gx = torch.empty_like(x, memory_format=torch.contiguous_format)
         partial = torch.empty(self.partial_shape, dtype=torch.float32, device=x.device)
-        scratch, gnum, gden = self.red.outputs(x.device)
         with _launch_guard(x):
             self.bwd(x, grad_out, gx, _padded(numerator, 6), _padded(denominator, 4), partial,
                      *self.x_args, self.partial_shape[0], *self.x_stride, self.c, 1, self.c, 1)
-            self.red1(partial, scratch, *self.red_args[0])
-            self.red2(scratch, gnum, gden, *self.red_args[1])
-        return (gx, *_coefficient_grads(gnum, gden, numerator, denominator))
+            return (gx, *self.red(partial, numerator, denominator))
 
 
 def _plannable(x: torch.Tensor) -> bool:
@@ -541,159 +522,3 @@ class GroupRationalFunction(torch.autograd.Function):
         else:
             gx, ga, gb = _backward(grad_out, x, numerator, denominator, ctx.channel_dim)
         return gx, ga, gb, None, None
-
-
-# ---------------------------------------------------------------------------------------------
-# LayerNorm + first rational, fused for inference (no autograd)
-
-_LN_PLANS: dict = {}
-LN_MAX_CHANNELS = 4096  # one program holds whole rows
-
-
-def layernorm_rational_supported(x: torch.Tensor, weight, bias, numerator, denominator) -> str | None:
-    """None if ``layernorm_rational`` can run on these arguments, else why not."""
-    reason = triton_supports(x, numerator, denominator)
-    if reason is not None:
-        return reason
-    if weight is None or bias is None:
-        return "the fused kernel needs a LayerNorm with weight and bias"
-    c = x.shape[-1]
-    if c > LN_MAX_CHANNELS or x.numel() == 0 or x.stride(-1) != 1 or not _plannable(x):
-        return f"the fused kernel needs 1..{LN_MAX_CHANNELS} unit-stride channels in rows of one stride"
-    if weight.shape != (c,) or bias.shape != (c,) or c % denominator.shape[0]:
-        return "LayerNorm weight/bias or rational groups do not match the channels"
-    return None
-
-
-def layernorm_rational(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                       numerator: torch.Tensor, denominator: torch.Tensor,
-                       out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``group_rational(layer_norm(x, (C,), weight, bias, eps), numerator, denominator)`` over the
-    last axis in one kernel, output in ``out_dtype`` (default x's). Inference only: records no
-    autograd graph. Check ``layernorm_rational_supported`` first."""
-    c = x.shape[-1]
-    out_dtype = out_dtype or x.dtype
-    key = (x.shape, x.stride(), x.dtype, x.device, out_dtype, weight.dtype, bias.dtype, numerator.shape,
-           denominator.shape, float(eps))
-    plan = _LN_PLANS.get(key)
-    if plan is None:
-        x2 = x.view(-1, c)
-        block_c = _pow2(c)
-        block_m = max(1, min(16, 4096 // block_c))
-        # ptxas (sm_90): 115-181 registers, no spills, for C <= 1024 at 4 warps
-        launch = _Launch(_kernels().layernorm_rational_fwd_kernel, (_cdiv(x2.shape[0], block_m),),
-                         {"BLOCK_M": block_m, "BLOCK_C": block_c}, max(4, block_c // 256), 6)
-        plan = (launch, (x2.shape[0], c, c // denominator.shape[0], 0 if numerator.shape[0] == 1 else 6,
-                         x2.stride(0), c, float(eps)))
-        if len(_LN_PLANS) >= 1024:
-            _LN_PLANS.clear()
-        _LN_PLANS[key] = plan
-    launch, ints = plan
-    y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-    with _launch_guard(x):
-        launch(x, weight, bias, _padded(numerator, 6), _padded(denominator, 4), y, *ints)
-    return y
-
-
-_LN_BWD_PLANS: dict = {}
-
-
-def layernorm_rational_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                                eps: float, numerator: torch.Tensor, denominator: torch.Tensor):
-    """(grad_x, grad_weight, grad_bias, grad_numerator, grad_denominator) of ``layernorm_rational``:
-    one pass over (x, grad_y) writing grad_x and per-program partial sums, then fixed-order
-    reductions (the coefficient reduction of the rational's backward; one torch sum for LayerNorm's
-    two vectors)."""
-    c = x.shape[-1]
-    groups = denominator.shape[0]
-    if not grad_y.is_contiguous():
-        grad_y = grad_y.contiguous()
-    key = (x.shape, x.stride(), x.dtype, grad_y.dtype, x.device, weight.dtype, bias.dtype, numerator.shape,
-           denominator.shape, float(eps))
-    plan = _LN_BWD_PLANS.get(key)
-    if plan is None:
-        x2 = x.view(-1, c)
-        s = x2.shape[0]
-        block_c = _pow2(c)
-        # about 4 elements of a tile per thread: ptxas (sm_90) 103-167 registers, no spills, C <= 1024
-        block_m = max(1, 1024 // block_c)
-        warps = min(32, max(4, block_m * block_c // 128))
-        sms = _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()) \
-            if x.device.type == "cuda" else 2
-        programs = max(1, min(_cdiv(s, block_m), sms * max(1, 16 // warps)))
-        launch = _Launch(_kernels().layernorm_rational_bwd_kernel, (programs,),
-                         {"BLOCK_M": block_m, "BLOCK_C": block_c}, warps, 9)
-        red = _Reduction(x.device, programs, groups, c // groups, numerator.shape[1], denominator.shape[1],
-                         numerator.shape[0] == 1)
-        red1 = _Launch(_kernels().coefficient_partials_kernel, red.grid1, red.consts1, 4, 2)
-        red2 = _Launch(_kernels().coefficient_grads_kernel, (1,), red.consts2, 4, 3)
-        ints = (s, c, c // groups, 0 if numerator.shape[0] == 1 else 6, x2.stride(0), c, c, float(eps), programs)
-        plan = (launch, ints, red, red1, red2)
-        if len(_LN_BWD_PLANS) >= 1024:
-            _LN_BWD_PLANS.clear()
-        _LN_BWD_PLANS[key] = plan
-    launch, ints, red, red1, red2 = plan
-    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    partial = torch.empty((red.rows, c, 10), dtype=torch.float32, device=x.device)
-    lnp = torch.empty((red.rows, 2, c), dtype=torch.float32, device=x.device)
-    scratch, gnum, gden = red.outputs(x.device)
-    with _launch_guard(x):
-        launch(x, grad_y, gx, weight, bias, _padded(numerator, 6), _padded(denominator, 4), partial, lnp, *ints)
-        red1(partial, scratch, red.rows, red.groups, red.gs, red.per)
-        red2(scratch, gnum, gden, red.rs, red.groups, red.num_m, red.num_n)
-    gwb = lnp.sum(0)
-    gw, gb = gwb[0], gwb[1]
-    if gw.dtype != weight.dtype:
-        gw, gb = gw.to(weight.dtype), gb.to(bias.dtype)
-    return (gx, gw, gb, *_coefficient_grads(gnum, gden, numerator, denominator))
-
-
-# The same as custom ops, for torch.compile (fake impls give Inductor the output shapes/strides).
-@torch.library.custom_op("kat::layernorm_rational_fwd", mutates_args=())
-def layernorm_rational_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                           numerator: torch.Tensor, denominator: torch.Tensor,
-                           out_dtype: torch.dtype) -> torch.Tensor:
-    return layernorm_rational(x, weight, bias, eps, numerator, denominator, out_dtype)
-
-
-@layernorm_rational_fwd.register_fake
-def _(x, weight, bias, eps, numerator, denominator, out_dtype):
-    return torch.empty(x.shape, dtype=out_dtype, device=x.device)
-
-
-@torch.library.custom_op("kat::layernorm_rational_bwd", mutates_args=())
-def layernorm_rational_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                           eps: float, numerator: torch.Tensor, denominator: torch.Tensor
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    gx, gw, gb, gnum, gden = layernorm_rational_backward(grad_y, x, weight, bias, eps, numerator, denominator)
-    return gx, gw, gb.clone(), gnum.contiguous(), gden.contiguous()  # gw, gb: rows of one buffer
-
-
-@layernorm_rational_bwd.register_fake
-def _(grad_y, x, weight, bias, eps, numerator, denominator):
-    return (torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty_like(weight),
-            torch.empty_like(bias), torch.empty_like(numerator), torch.empty_like(denominator))
-
-
-class LayerNormRationalFunction(torch.autograd.Function):
-    """Autograd for ``layernorm_rational``: saves x and the parameters (the row statistics and z are
-    recomputed in backward). Under torch.compile it records the custom ops above."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, eps, numerator, denominator, out_dtype):
-        ctx.save_for_backward(x, weight, bias, numerator, denominator)
-        ctx.eps = eps
-        if torch.compiler.is_compiling():
-            return torch.ops.kat.layernorm_rational_fwd(x, weight, bias, eps, numerator, denominator, out_dtype)
-        return layernorm_rational(x, weight, bias, eps, numerator, denominator, out_dtype)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        x, weight, bias, numerator, denominator = ctx.saved_tensors
-        if torch.compiler.is_compiling():
-            gx, gw, gb, gnum, gden = torch.ops.kat.layernorm_rational_bwd(grad_y, x, weight, bias, ctx.eps,
-                                                                         numerator, denominator)
-        else:
-            gx, gw, gb, gnum, gden = layernorm_rational_backward(grad_y, x, weight, bias, ctx.eps, numerator,
-                                                                 denominator)
-        return gx, gw, gb, None, gnum, gden, None
