@@ -179,9 +179,38 @@ def test_direct_launch_falls_back_when_the_launcher_rejects_the_call(monkeypatch
     x = torch.zeros(16)
     launch(x, 5)
     assert fn._DIRECT is False and launch.compiled is None
-    assert jit_calls == [((3, 2), (x, 5), {"BLOCK_S": 8, "num_warps": 4})]
+    assert jit_calls == [((3, 2, 1), (x, 5), {"BLOCK_S": 8, "num_warps": 4})]
     launch(x, 5)  # stays on Triton's path
     assert len(jit_calls) == 2 and launch.compiled is None
+
+
+@pytest.mark.parametrize("grid,expected", [((7,), (7, 1, 1)), ((3, 2), (3, 2, 1)), ((2, 3, 4), (2, 3, 4))])
+def test_direct_launch_passes_all_three_grid_dimensions(monkeypatch, grid, expected):
+    """The launcher takes (gx, gy, gz): a 1-D grid, as the coefficient reduction's final program and
+    the fused LayerNorm kernels use, launches as (n, 1, 1). (On the H200 a 1-D grid once raised
+    IndexError here, which the CPU tests could not see.)"""
+    monkeypatch.setattr(fn, "_DIRECT", True)
+    monkeypatch.setattr(fn, "_launch_hooks_set", lambda: False)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 0, raising=False)
+    launched = []
+
+    class Compiled:
+        function = packed_metadata = None
+
+        def run(self, gx, gy, gz, stream, *rest):
+            launched.append(((gx, gy, gz), rest[5:]))
+
+    launch = fn._Launch(None, grid, {"BLOCK": 16}, 4, n_ptr=1)
+    launch.compiled = Compiled()
+    x = torch.zeros(16)
+    launch(x, 5)
+    assert launched == [(expected, (x, 5, 16))]
+
+
+def test_launch_grid_of_no_or_four_dimensions_is_refused():
+    for grid in ((), (1, 2, 3, 4)):
+        with pytest.raises(ValueError, match="1 to 3 dimensions"):
+            fn._Launch(None, grid, {}, 4, n_ptr=1)
 
 
 def test_launch_hooks_disable_direct_launches():

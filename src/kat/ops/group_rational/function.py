@@ -208,7 +208,11 @@ class _Launch:
     __slots__ = ("kernel", "grid", "consts", "const_values", "num_warps", "n_ptr", "compiled")
 
     def __init__(self, kernel, grid, consts: dict, num_warps: int, n_ptr: int):
-        self.kernel, self.grid, self.consts, self.num_warps, self.n_ptr = kernel, grid, consts, num_warps, n_ptr
+        self.kernel, self.consts, self.num_warps, self.n_ptr = kernel, consts, num_warps, n_ptr
+        if not 1 <= len(grid) <= 3:
+            raise ValueError(f"a launch grid has 1 to 3 dimensions, got {grid!r}")
+        # the launcher takes all three grid dimensions: (n,) launches as (n, 1, 1)
+        self.grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
         self.const_values = tuple(consts.values())
         self.compiled = None
 
@@ -220,7 +224,7 @@ class _Launch:
         if compiled is not None and self._aligned(args) and not _launch_hooks_set():
             g = self.grid
             try:
-                compiled.run(g[0], g[1], 1, torch._C._cuda_getCurrentRawStream(args[0].get_device()),
+                compiled.run(g[0], g[1], g[2], torch._C._cuda_getCurrentRawStream(args[0].get_device()),
                              compiled.function, compiled.packed_metadata, None, None, None,
                              *args, *self.const_values)
                 return
