@@ -23,7 +23,7 @@ models)
     2>&1 | tail -3 | tee "$OUT/model_eager.txt"
   timeout 150 python3 -m kat.cli.bench model --fuse-norm-act1 --iters 15 --repeats 3 \
     --json "$OUT/model_eager_fused.json" 2>&1 | tail -3 | tee "$OUT/model_eager_fused.txt"
-  for impl in triton torch; do
+  for impl in ${IMPLS:-triton torch}; do
     timeout 170 python3 -m kat.cli.bench model --compile --sizes tiny small --rational-impl $impl --iters 15 \
       --repeats 3 --json "$OUT/model_compile_$impl.json" 2>&1 | grep -E "^(tiny|small)|ratio|Error" \
       | tee "$OUT/model_compile_$impl.txt"

@@ -242,24 +242,24 @@ def test_launch_hooks_disable_direct_launches():
     (22, 8, 384, False, 132),  # KAT-B's fc1 output width (3072 = 8 x 384)
     (5, 3, 7, True, 2),        # fewer rows than a row block
 ])
-def test_coefficient_reduction_matches_a_float64_sum(rows, groups, gs, shared, sms):
+def test_coefficient_reduction_matches_a_float64_sum(rows, groups, gs, shared, sms, device):
     """The two reduction launches sum the backward's partials exactly as a float64 sum does (up to
     fp32 rounding), per group or over all groups for a shared numerator, for every order <= (5, 4),
     and give bitwise the same result on every call."""
     torch.manual_seed(rows + groups)
-    partial = torch.randn(rows, groups, gs, kernels.NUM_ACC)
+    partial = torch.randn(rows, groups, gs, kernels.NUM_ACC, device=device)  # the interpreter on a CPU
     for m1, n in ((6, 4), (4, 2)):
-        red = fn._Reduction(torch.device("cpu"), rows, groups, gs, m1, n, shared, sms=sms)
+        red = fn._Reduction(device, rows, groups, gs, m1, n, shared, sms=sms)
         assert red.rs * red.per >= rows > (red.rs - 1) * red.per
         outs = []
         for _ in range(2):
-            outs.append(red(partial, torch.empty(1, m1), torch.empty(groups, n)))  # only their dtypes matter
+            outs.append(red(partial, torch.empty(1, m1, device=device), torch.empty(groups, n, device=device)))  # only their dtypes matter
         assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
-        per_group = partial.double().sum((0, 2))  # (G, NUM_ACC)
+        per_group = partial.double().sum((0, 2)).cpu()  # (G, NUM_ACC)
         want_num = per_group[:, :m1].sum(0, keepdim=True) if shared else per_group[:, :m1]
         want_den = per_group[:, 6:6 + n]
-        gnum, gden = outs[0]
+        gnum, gden = (t.cpu() for t in outs[0])
         assert gnum.shape == want_num.shape and gden.shape == want_den.shape
-        scale = partial.abs().double().sum() / groups
+        scale = partial.abs().double().sum().item() / groups
         assert (gnum.double() - want_num).abs().max() <= 1e-5 * scale
         assert (gden.double() - want_den).abs().max() <= 1e-5 * scale
