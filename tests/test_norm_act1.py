@@ -124,7 +124,9 @@ def test_fused_model_under_torch_compile(device):
         assert rel_err(gc, ge) <= 1e-4
     fused.eval()
     with torch.no_grad():
-        assert rel_err(compiled(x), fused(x)) <= 1e-5
+        # fp32, two blocks: on CUDA the compiled graph's attention and its generated kernels round
+        # differently from eager's (an H200 gave 3.9e-5 here; on the CPU they agree to 1e-5)
+        assert rel_err(compiled(x), fused(x)) <= (1e-4 if x.is_cuda else 1e-5)
 
 
 def test_deepcopy_keeps_norm2_pointing_at_its_own_grkan():
