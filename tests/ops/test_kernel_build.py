@@ -52,6 +52,8 @@ SCRIPT = textwrap.dedent('''
             src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
             compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32))
             assert len(compiled.asm["cubin"]) > 1000
+            # 1/Q as one approximate reciprocal, not div.full's range-checked sequence
+            assert "rcp.approx.ftz.f32" in compiled.asm["ptx"], kernel.__name__
             print(kernel.__name__, dtype, constexprs, "ok")
 ''')
 

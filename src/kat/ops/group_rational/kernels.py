@@ -74,6 +74,24 @@ def _load_coefficients(a_ptr, b_ptr, ca, mask_c, C, GROUP_SIZE, a_group_stride):
     return a0, a1, a2, a3, a4, a5, b1, b2, b3, b4  # b signed: callers take |b|
 
 
+# On the GPU the reciprocal of Q is one MUFU.RCP instruction (PTX rcp.approx.ftz.f32, at most
+# 1 ulp off). Q = 1 + sum |b_j| |x|^j is never below 1 (or NaN for NaN x, +inf on overflow, where
+# rcp gives NaN and +0 as division would), so the range fix-ups that tl.fdiv's div.full.f32
+# compiles to (two compares, a select and up to three multiplies per element) are never needed.
+# The interpreter cannot run PTX and divides instead.
+_PTX: tl.constexpr = tl.constexpr(not INTERPRET)
+
+
+@triton.jit
+def _rcp_q(q):
+    """1 / q for q >= 1, +inf or NaN."""
+    if _PTX:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [q], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.fdiv(tl.full(q.shape, 1.0, tl.float32), q)
+
+
 @triton.jit
 def _pq(x, ax, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     """P(x) and Q(x) by Horner's rule (b already |b|): the direct form, fp32."""
@@ -110,19 +128,23 @@ def group_rational_fwd_kernel(
     x = tl.load(x_ptr + s[:, None] * stride_xs + cal * stride_xc, mask=mask, other=0.0).to(tl.float32)
     ax = tl.abs(x)
     p, q = _pq(x, ax, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4)
-    y = tl.fdiv(p, q)  # approximate rounding (<= 2 ulp): a few instructions instead of div.rn's many
+    y = p * _rcp_q(q)  # <= 2 ulp, like div.full.f32, in two instructions
     # Far from 0 (|x| > ~4e7 with a nonzero x^5 term) P or Q overflows fp32 although P/Q is moderate.
     # There, evaluate the same function with P and Q divided by x^4 (_scaled_form).
-    overflowed = (tl.abs(p) == float("inf")) | (q == float("inf"))  # finite x cannot make them NaN
-    scaled = overflowed & (ax < float("inf"))  # NaN/Inf inputs keep the direct form's NaN/Inf
     y_ptrs = y_ptr + s[:, None] * stride_ys + cal * stride_yc
     if SELECT:
         # Both forms for every element, chosen element-wise: more arithmetic, no tile-wide test.
+        overflowed = (tl.abs(p) == float("inf")) | (q == float("inf"))  # finite x cannot make them NaN
+        scaled = overflowed & (ax < float("inf"))  # NaN/Inf inputs keep the direct form's NaN/Inf
         y = tl.where(scaled, _scaled_form(x, scaled, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4), y)
         tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
     else:
         tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
-        if tl.max(tl.max(scaled.to(tl.int32), axis=1), axis=0) > 0:
+        # One add and one max per element: a tile where |P| + Q reaches +inf (or NaN, should the
+        # max propagate a NaN input's NaN) may hold overflowed elements, and the fix-up finds them
+        # exactly; tiles without any (all but a few in practice) skip it.
+        big = tl.max(tl.max(tl.abs(p) + q, axis=1), axis=0)
+        if (big == float("inf")) | (big != big):
             # Rare: only tiles with such elements get here, and they overwrite those elements, one
             # row at a time (registers are allocated for the kernel's peak, so a whole-tile branch
             # would cost every tile occupancy; a row is small). Rows and coefficients are reloaded.
@@ -180,7 +202,7 @@ def _grad_terms(x, go, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     dq = dq * ax + b1
     # d|x|/dx = sign(x) with sign(0) = +1, the official kernels' convention
     dq = tl.where(x < 0, -dq, dq)
-    inv_q = tl.fdiv(1.0, q)
+    inv_q = _rcp_q(q)
     f = p * inv_q
     r = go * inv_q
     return r * (dp - f * dq), r, f, ax, x2, x3, x4, x5
@@ -230,25 +252,36 @@ def group_rational_bwd_kernel(
 
     # Software prefetch: the loads of the next tile are issued before this tile's arithmetic, so
     # their latency overlaps it (the loop is otherwise load -> wait -> compute, one tile at a time).
+    # The three pointer tiles advance by a fixed number of rows per iteration: one 64-bit add each
+    # instead of recomputing row x stride products (64-bit multiplies) for every tile.
     rows = tl.arange(0, BLOCK_S)
     num_tiles = tl.cdiv(S, BLOCK_S)
-    s = (pid_s * BLOCK_S + rows).to(tl.int64)
+    s = pid_s * BLOCK_S + rows
     mask = (s < S)[:, None] & mask_c[None, :]
-    x_next = tl.load(x_ptr + s[:, None] * stride_xs + col_x, mask=mask, other=0.0)
-    go_next = tl.load(go_ptr + s[:, None] * stride_gs + col_g, mask=mask, other=0.0)
+    s64 = s.to(tl.int64)[:, None]
+    x_ptrs = x_ptr + s64 * stride_xs + col_x
+    go_ptrs = go_ptr + s64 * stride_gs + col_g
+    gx_ptrs = gx_ptr + s64 * stride_dxs + col_d
+    step = NUM_SPLITS.to(tl.int64) * BLOCK_S
+    step_x = step * stride_xs
+    step_g = step * stride_gs
+    step_d = step * stride_dxs
+    x_next = tl.load(x_ptrs, mask=mask, other=0.0)
+    go_next = tl.load(go_ptrs, mask=mask, other=0.0)
     for tile in range(pid_s, num_tiles, NUM_SPLITS):
         x = x_next.to(tl.float32)
         go = go_next.to(tl.float32)
-        s_here = s
         mask_here = mask
-        s = ((tile + NUM_SPLITS) * BLOCK_S + rows).to(tl.int64)
+        s += NUM_SPLITS * BLOCK_S
         mask = (s < S)[:, None] & mask_c[None, :]
-        x_next = tl.load(x_ptr + s[:, None] * stride_xs + col_x, mask=mask, other=0.0)
-        go_next = tl.load(go_ptr + s[:, None] * stride_gs + col_g, mask=mask, other=0.0)
+        x_ptrs += step_x
+        go_ptrs += step_g
+        x_next = tl.load(x_ptrs, mask=mask, other=0.0)
+        go_next = tl.load(go_ptrs, mask=mask, other=0.0)
 
         gx, r, f, ax, x2, x3, x4, x5 = _grad_terms(x, go, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4)
-        tl.store(gx_ptr + s_here[:, None] * stride_dxs + col_d,
-                 gx.to(gx_ptr.dtype.element_ty), mask=mask_here)
+        tl.store(gx_ptrs, gx.to(gx_ptr.dtype.element_ty), mask=mask_here)
+        gx_ptrs += step_d
         acc_a0 = _accumulate(acc_a0, r, ROW_REDUCE)
         acc_a1 = _accumulate(acc_a1, r * x, ROW_REDUCE)
         acc_a2 = _accumulate(acc_a2, r * x2, ROW_REDUCE)
@@ -373,7 +406,7 @@ def layernorm_rational_fwd_kernel(x_ptr, w_ptr, bias_ptr, a_ptr, b_ptr, y_ptr,
     b1, b2, b3, b4 = tl.abs(b1), tl.abs(b2), tl.abs(b3), tl.abs(b4)
     az = tl.abs(z)
     p, q = _pq(z, az, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4)
-    y = tl.fdiv(p, q)
+    y = p * _rcp_q(q)
     scaled = ((tl.abs(p) == float("inf")) | (q == float("inf"))) & (az < float("inf"))
     y = tl.where(scaled, _scaled_form(z, scaled, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4), y)
     tl.store(y_ptr + rows[:, None] * stride_ys + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
