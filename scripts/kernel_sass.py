@@ -8,7 +8,7 @@ element a thread handles per iteration; for the forward, those before its first 
 of tiles that need no overflow fix-up) per element per thread. When the bf16 kernels are bound by
 instruction issue rather than memory (BENCHMARKS.md), this is the number a kernel change moves.
 
-    python scripts/kernel_sass.py [--dtype bf16] [--fwd 32,128,4,0] [--bwd 8,64,4,0] [--ops]
+    python scripts/kernel_sass.py [--dtype bf16] [--fwd 32,128,4,0] [--bwd 8,64,4,0] [--group-size 384] [--ops]
 """
 from __future__ import annotations
 
@@ -47,8 +47,11 @@ def _sass(kernel, constexprs: dict, warps: int, dtype: str, aligned: tuple[str, 
         f.write(compiled.asm["cubin"])
     try:
         text = subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
     finally:
         os.unlink(f.name)
+    regs = re.search(r"REG:(\d+)", usage)
+    print(f"  ({kernel.__name__}: {regs.group(1) if regs else '?'} registers per thread)")
     return [(int(m.group(1), 16), m.group(2)) for m in map(_LINE.match, text.splitlines()) if m]
 
 
@@ -70,21 +73,23 @@ def main():
     p.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--fwd", default=",".join(str(int(v)) for v in kernels.FWD_CONFIGS[0]))
     p.add_argument("--bwd", default=",".join(str(int(v)) for v in kernels.BWD_CONFIGS[0]))
+    p.add_argument("--group-size", type=int, default=0,
+                   help="channels per group (a multiple of the block width compiles the UNIFORM variant)")
     p.add_argument("--ops", action="store_true", help="also list the most frequent opcodes")
     args = p.parse_args()
 
     bs, bc, warps, select = (int(v) for v in args.fwd.split(","))
     cfg = (bs, bc, warps, bool(select))
-    consts = dict(fn._fwd_consts(cfg), stride_xc=1, stride_yc=1)
+    consts = dict(fn._fwd_consts(cfg, args.group_size), stride_xc=1, stride_yc=1)
     sass = _sass(kernels.group_rational_fwd_kernel, consts, warps, args.dtype,
                  ("x_ptr", "y_ptr", "a_ptr", "b_ptr", "S", "CA", "C", "stride_xs", "stride_ys"))
     first_exit = next(k for k, (_, ins) in enumerate(sass) if "EXIT" in ins)
-    _report(f"forward {cfg} {args.dtype}, up to the first exit", [i for _, i in sass[:first_exit + 1]],
+    _report(f"forward {cfg} {args.dtype} uniform={consts['UNIFORM']}, up to the first exit", [i for _, i in sass[:first_exit + 1]],
             bs * bc // (32 * warps), args.ops)
 
     bs, bc, warps, row_reduce = (int(v) for v in args.bwd.split(","))
     cfg = (bs, bc, warps, bool(row_reduce))
-    consts = dict(fn._bwd_consts(cfg), stride_xc=1, stride_gc=1, stride_dxc=1)
+    consts = dict(fn._bwd_consts(cfg, args.group_size), stride_xc=1, stride_gc=1, stride_dxc=1)
     sass = _sass(kernels.group_rational_bwd_kernel, consts, warps, args.dtype,
                  ("x_ptr", "go_ptr", "gx_ptr", "a_ptr", "b_ptr", "partial_ptr", "S", "CA", "C",
                   "stride_xs", "stride_gs", "stride_dxs"))
@@ -92,7 +97,7 @@ def main():
     loops = [(int(m.group(1), 16), addr) for addr, ins in sass
              if (m := re.search(r"BRA\s+(?:`\(\.L_x_\d+\)\s*)?0x([0-9a-f]+)", ins)) and int(m.group(1), 16) < addr]
     start, end = max(loops, key=lambda t: t[1] - t[0])
-    _report(f"backward {cfg} {args.dtype}, tile loop", [i for a, i in sass if start <= a <= end],
+    _report(f"backward {cfg} {args.dtype} uniform={consts['UNIFORM']}, tile loop", [i for a, i in sass if start <= a <= end],
             bs * bc // (32 * warps), args.ops)
 
 

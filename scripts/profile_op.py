@@ -26,7 +26,8 @@ def sweep(kernel, configs, consts, grid_fn, args, bytes_moved, bw):
             compiled = kernel[grid](*args(bs, bc, w), **consts(cfg), num_warps=w)
             ms = do_bench(lambda: kernel[grid](*args(bs, bc, w), **consts(cfg), num_warps=w),
                           warmup=10, rep=60, return_mode="median")
-            rows.append((ms, cfg, getattr(compiled, "n_regs", "?"), getattr(compiled, "n_spills", "?")))
+            rows.append((ms, (*cfg, "uniform" if consts(cfg)["UNIFORM"] else "per-column"),
+                         getattr(compiled, "n_regs", "?"), getattr(compiled, "n_spills", "?")))
         except Exception as e:  # a config the hardware rejects (registers, shared memory)
             rows.append((float("inf"), cfg, "err", str(e)[:60]))
     rows.sort(key=lambda r: r[0])
@@ -60,7 +61,7 @@ def main():
         print(f"C={c} {args.dtype}: x {tuple(x.shape)}, {nbytes / 1e6:.1f} MB")
         y = torch.empty_like(xs)
         print("  forward kernel, best configs:")
-        sweep(K.group_rational_fwd_kernel, K.FWD_CONFIGS, fn._fwd_consts,
+        sweep(K.group_rational_fwd_kernel, K.FWD_CONFIGS, lambda cfg: fn._fwd_consts(cfg, c // 8),
               lambda bs, bc, w: (triton_cdiv(s, bs), triton_cdiv(ca, bc)),
               lambda bs, bc, w: (xs, y, a, b, s, ca, c, c // 8, 0, c, 1, c, 1), 2 * nbytes, bw)
         gx = torch.empty_like(xs)
@@ -73,7 +74,7 @@ def main():
             return (xs, go.view(-1, c), gx, a, b, parts[(bs, bc, w)], s, ca, c, c // 8, 0, splits, c, 1, c, 1, c, 1)
 
         print("  backward kernel, best configs:")
-        sweep(K.group_rational_bwd_kernel, K.BWD_CONFIGS, fn._bwd_consts,
+        sweep(K.group_rational_bwd_kernel, K.BWD_CONFIGS, lambda cfg: fn._bwd_consts(cfg, c // 8),
               lambda bs, bc, w: (fn._num_splits(x, s, bs, triton_cdiv(ca, bc), w), triton_cdiv(ca, bc)),
               bwd_args, 3 * nbytes, bw)
 

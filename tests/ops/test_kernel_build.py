@@ -28,7 +28,9 @@ SCRIPT = textwrap.dedent('''
                                     (kernels.group_rational_bwd_kernel, kernels.BWD_CONFIGS, fn._bwd_consts)):
         first = configs[0]
         other = next(c for c in configs if c[3] != first[3])
-        cases += [(kernel, consts(first)), (kernel, consts(other))]
+        cases += [(kernel, consts(first)), (kernel, consts(other)),
+                  (kernel, consts(first, 3 * first[1]))]  # UNIFORM: scalar coefficients
+        assert cases[-1][1]["UNIFORM"] and not cases[-3][1]["UNIFORM"]
     # the coefficient reduction (fp32 only: it reads the backward's fp32 partial sums)
     red = fn._Reduction(None, 352, 8, 24, 6, 4, True, sms=132)
     reductions = [(kernels.coefficient_partials_kernel, red.partials.consts),
@@ -66,4 +68,4 @@ def test_kernels_compile_for_sm90():
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count(" ok") == 23, run.stdout
+    assert run.stdout.count(" ok") == 29, run.stdout

@@ -249,14 +249,22 @@ def _operands(x, numerator, denominator, channel_dim):
     return layout, _as_matrix(x, channel_dim, layout), a, b, a_stride, c, groups
 
 
-def _fwd_consts(cfg) -> dict:
+# The constexprs in the kernels' parameter order (direct launches pass them positionally).
+# UNIFORM: every program's block of BLOCK_C channel-axis indices lies in one group (BLOCK_C divides
+# the group size, hence C), so the kernels load the coefficients as scalars.
+def _fwd_consts(cfg, group_size: int = 0) -> dict:
     bs, bc, _warps, select = cfg
-    return {"BLOCK_S": bs, "BLOCK_C": bc, "SELECT": select}
+    return {"BLOCK_S": bs, "BLOCK_C": bc, "SELECT": select, "UNIFORM": _uniform(bc, group_size)}
 
 
-def _bwd_consts(cfg) -> dict:
+def _bwd_consts(cfg, group_size: int = 0) -> dict:
     bs, bc, _warps, row_reduce = cfg
-    return {"BLOCK_S": bs, "BLOCK_C": bc, "ROW_REDUCE": row_reduce, "ACC_ROWS": 1 if row_reduce else bs}
+    return {"BLOCK_S": bs, "BLOCK_C": bc, "ROW_REDUCE": row_reduce, "ACC_ROWS": 1 if row_reduce else bs,
+            "UNIFORM": _uniform(bc, group_size)}
+
+
+def _uniform(block_c: int, group_size: int) -> bool:
+    return group_size > 0 and group_size % block_c == 0 and os.environ.get("KAT_UNIFORM", "1") != "0"
 
 
 def _fwd_grid(s: int, ca: int, cfg) -> tuple:
@@ -274,7 +282,7 @@ def _launch_fwd(x2, y2, a, b, a_stride, c, groups, cfg):
     s, ca = x2.shape
     _kernels().group_rational_fwd_kernel[_fwd_grid(s, ca, cfg)](
         x2, y2, a, b, s, ca, c, c // groups, a_stride, *x2.stride(), *y2.stride(),
-        **_fwd_consts(cfg), num_warps=cfg[2])
+        **_fwd_consts(cfg, c // groups), num_warps=cfg[2])
 
 
 def _launch_bwd(x2, g2, gx2, a, b, a_stride, c, groups, cfg) -> torch.Tensor:
@@ -285,7 +293,7 @@ def _launch_bwd(x2, g2, gx2, a, b, a_stride, c, groups, cfg) -> torch.Tensor:
     partial = torch.empty((grid[0], ca, kernels.NUM_ACC), dtype=torch.float32, device=x2.device)
     kernels.group_rational_bwd_kernel[grid](
         x2, g2, gx2, a, b, partial, s, ca, c, c // groups, a_stride, grid[0],
-        *x2.stride(), *g2.stride(), *gx2.stride(), **_bwd_consts(cfg), num_warps=cfg[2])
+        *x2.stride(), *g2.stride(), *gx2.stride(), **_bwd_consts(cfg, c // groups), num_warps=cfg[2])
     return partial
 
 
@@ -457,9 +465,9 @@ class Plan:
                                lambda cfg: _launch_fwd(x2, y2, a, b, self.a_stride, c, groups, cfg))
             bcfg = _TUNER.pick(("bwd", x.device, x.dtype, s, c, c, groups), kernels.BWD_CONFIGS,
                                lambda cfg: _launch_bwd(x2, go2, y2, a, b, self.a_stride, c, groups, cfg))
-        self.fwd = _Launch(kernels.group_rational_fwd_kernel, _fwd_grid(s, c, fcfg), _fwd_consts(fcfg), fcfg[2], 4)
+        self.fwd = _Launch(kernels.group_rational_fwd_kernel, _fwd_grid(s, c, fcfg), _fwd_consts(fcfg, gs), fcfg[2], 4)
         grid = _bwd_grid(x, s, c, bcfg)
-        self.bwd = _Launch(kernels.group_rational_bwd_kernel, grid, _bwd_consts(bcfg), bcfg[2], 6)
+        self.bwd = _Launch(kernels.group_rational_bwd_kernel, grid, _bwd_consts(bcfg, gs), bcfg[2], 6)
         # partial[p, g, j, k]: split p, group g, channel j of the group, term k
         self.partial_shape = (grid[0], groups, gs, kernels.NUM_ACC)
         self.red = _Reduction(x.device, grid[0], groups, gs, numerator.shape[1], denominator.shape[1],

@@ -6,6 +6,10 @@ channels-first (B, C, L) tensors are (L, B*C) with the stream axis contiguous. T
 strides, so one pair covers both layouts and any 2-D-collapsible view.
 
 All arithmetic is float32; loads are upcast and stores round to the output pointer's dtype.
+Coefficients are loaded per column (a gather by group) or, where the host passes UNIFORM (the
+block width divides the group size, so a program's columns share one group), once per program as
+scalars: on sm_90 that takes the default backward tile from 181 to 90 registers per thread
+(scripts/kernel_sass.py), so more warps, and more loads, are in flight per SM.
 Lower orders run here by zero-padding the coefficients on the host (a zero numerator term adds
 nothing to P, a zero denominator term adds nothing to Q).
 
@@ -46,13 +50,17 @@ else:
                    (16, 512, 8, False), (8, 256, 2, False), (4, 256, 1, False), (4, 256, 2, False),
                    (8, 128, 1, False), (2, 256, 1, False), (2, 1024, 4, False), (4, 512, 2, False),
                    (32, 128, 4, True), (16, 128, 4, True), (16, 256, 4, True), (8, 256, 2, True),
-                   (8, 256, 1, True), (4, 256, 1, True), (8, 128, 1, True)]
+                   (8, 256, 1, True), (4, 256, 1, True), (8, 128, 1, True),
+                   # 32 wide: divides the group sizes of C = 768 (96) and 384 (48), so the UNIFORM
+                   # (scalar-coefficient) variant applies there too; not yet timed on a GPU
+                   (32, 32, 1, False), (16, 32, 1, False), (64, 32, 2, False)]
     BWD_CONFIGS = [(8, 64, 4, False), (4, 128, 4, False), (2, 256, 1, False), (4, 256, 1, False),
                    (2, 512, 2, False), (1, 1024, 4, False), (2, 1024, 4, False), (2, 128, 1, False),
                    (4, 128, 1, False), (16, 64, 4, False),
                    (8, 128, 4, True), (16, 128, 4, True), (32, 128, 4, True), (8, 256, 4, True),
                    (16, 256, 4, True), (8, 256, 2, True), (16, 256, 8, True), (8, 512, 4, True),
-                   (16, 64, 2, True), (32, 64, 2, True)]
+                   (16, 64, 2, True), (32, 64, 2, True),
+                   (4, 32, 1, False), (8, 32, 2, False), (16, 32, 4, False)]  # 32 wide: see above
 
 
 @triton.jit
@@ -72,6 +80,19 @@ def _load_coefficients(a_ptr, b_ptr, ca, mask_c, C, GROUP_SIZE, a_group_stride):
     b3 = tl.load(b_row + 2, mask=mask_c, other=0.0).to(tl.float32)[None, :]
     b4 = tl.load(b_row + 3, mask=mask_c, other=0.0).to(tl.float32)[None, :]
     return a0, a1, a2, a3, a4, a5, b1, b2, b3, b4  # b signed: callers take |b|
+
+
+@triton.jit
+def _load_group_coefficients(a_ptr, b_ptr, col0, C, GROUP_SIZE, a_group_stride):
+    """The coefficients as scalars, for a program whose channel-axis block starting at ``col0`` lies
+    in one group (the host passes UNIFORM when the block width divides the group size): one load
+    each per program, and one register each instead of one per column a thread handles."""
+    grp = (col0 % C) // GROUP_SIZE
+    a_row = a_ptr + grp * a_group_stride
+    b_row = b_ptr + grp * 4
+    return (tl.load(a_row + 0), tl.load(a_row + 1), tl.load(a_row + 2), tl.load(a_row + 3),
+            tl.load(a_row + 4), tl.load(a_row + 5),
+            tl.load(b_row + 0), tl.load(b_row + 1), tl.load(b_row + 2), tl.load(b_row + 3))
 
 
 # On the GPU the reciprocal of Q is one MUFU.RCP instruction (PTX rcp.approx.ftz.f32, at most
@@ -112,14 +133,18 @@ def group_rational_fwd_kernel(
     x_ptr, y_ptr, a_ptr, b_ptr,
     S, CA, C, GROUP_SIZE, a_group_stride,
     stride_xs, stride_xc, stride_ys, stride_yc,
-    BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, SELECT: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, SELECT: tl.constexpr, UNIFORM: tl.constexpr,
 ):
     pid_s = tl.program_id(0)
     pid_c = tl.program_id(1)
     ca = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = ca < CA
-    a0, a1, a2, a3, a4, a5, b1, b2, b3, b4 = _load_coefficients(
-        a_ptr, b_ptr, ca, mask_c, C, GROUP_SIZE, a_group_stride)
+    if UNIFORM:
+        a0, a1, a2, a3, a4, a5, b1, b2, b3, b4 = _load_group_coefficients(
+            a_ptr, b_ptr, pid_c * BLOCK_C, C, GROUP_SIZE, a_group_stride)
+    else:
+        a0, a1, a2, a3, a4, a5, b1, b2, b3, b4 = _load_coefficients(
+            a_ptr, b_ptr, ca, mask_c, C, GROUP_SIZE, a_group_stride)
     b1, b2, b3, b4 = tl.abs(b1), tl.abs(b2), tl.abs(b3), tl.abs(b4)
 
     s = (pid_s * BLOCK_S + tl.arange(0, BLOCK_S)).to(tl.int64)
@@ -223,13 +248,18 @@ def group_rational_bwd_kernel(
     S, CA, C, GROUP_SIZE, a_group_stride, NUM_SPLITS,
     stride_xs, stride_xc, stride_gs, stride_gc, stride_dxs, stride_dxc,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ROW_REDUCE: tl.constexpr, ACC_ROWS: tl.constexpr,
+    UNIFORM: tl.constexpr,
 ):
     pid_s = tl.program_id(0)
     pid_c = tl.program_id(1)
     ca = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = ca < CA
-    a0, a1, a2, a3, a4, a5, sb1, sb2, sb3, sb4 = _load_coefficients(
-        a_ptr, b_ptr, ca, mask_c, C, GROUP_SIZE, a_group_stride)
+    if UNIFORM:
+        a0, a1, a2, a3, a4, a5, sb1, sb2, sb3, sb4 = _load_group_coefficients(
+            a_ptr, b_ptr, pid_c * BLOCK_C, C, GROUP_SIZE, a_group_stride)
+    else:
+        a0, a1, a2, a3, a4, a5, sb1, sb2, sb3, sb4 = _load_coefficients(
+            a_ptr, b_ptr, ca, mask_c, C, GROUP_SIZE, a_group_stride)
     b1, b2, b3, b4 = tl.abs(sb1), tl.abs(sb2), tl.abs(sb3), tl.abs(sb4)
     cal = ca.to(tl.int64)[None, :]
     col_x = cal * stride_xc
@@ -302,10 +332,14 @@ def group_rational_bwd_kernel(
     tl.store(out + 4, tl.sum(acc_a4, axis=0), mask=mask_c)
     tl.store(out + 5, tl.sum(acc_a5, axis=0), mask=mask_c)
     # d|b|/db = sign(b), +1 at 0 (the official kernels' convention)
-    tl.store(out + 6, tl.sum(acc_b1, axis=0) * tl.where(sb1 < 0, -1.0, 1.0).reshape([BLOCK_C]), mask=mask_c)
-    tl.store(out + 7, tl.sum(acc_b2, axis=0) * tl.where(sb2 < 0, -1.0, 1.0).reshape([BLOCK_C]), mask=mask_c)
-    tl.store(out + 8, tl.sum(acc_b3, axis=0) * tl.where(sb3 < 0, -1.0, 1.0).reshape([BLOCK_C]), mask=mask_c)
-    tl.store(out + 9, tl.sum(acc_b4, axis=0) * tl.where(sb4 < 0, -1.0, 1.0).reshape([BLOCK_C]), mask=mask_c)
+    s1, s2 = tl.where(sb1 < 0, -1.0, 1.0), tl.where(sb2 < 0, -1.0, 1.0)
+    s3, s4 = tl.where(sb3 < 0, -1.0, 1.0), tl.where(sb4 < 0, -1.0, 1.0)
+    if not UNIFORM:  # per-column [1, BLOCK_C] rows; scalars otherwise
+        s1, s2, s3, s4 = s1.reshape([BLOCK_C]), s2.reshape([BLOCK_C]), s3.reshape([BLOCK_C]), s4.reshape([BLOCK_C])
+    tl.store(out + 6, tl.sum(acc_b1, axis=0) * s1, mask=mask_c)
+    tl.store(out + 7, tl.sum(acc_b2, axis=0) * s2, mask=mask_c)
+    tl.store(out + 8, tl.sum(acc_b3, axis=0) * s3, mask=mask_c)
+    tl.store(out + 9, tl.sum(acc_b4, axis=0) * s4, mask=mask_c)
 
 
 def compile_signature(kernel, dtype: str) -> dict:
