@@ -19,6 +19,10 @@ run() {  # name nproc batch epochs extra...
   echo "$name: exit $? $(tr -d '\n ' < "$W/$name/result.json" 2>/dev/null)"
 }
 python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__, 'gpus', torch.cuda.device_count())" | tee "$W/versions.txt"
+# The gradient all-reduce alone (KAT-S's 88 MB, whole and in DDP-sized buckets): what the step
+# would lose if nothing overlapped it
+timeout 120 python3 -m torch.distributed.run --standalone --nproc_per_node="$NGPU" scripts/allreduce_bench.py \
+  --json "$W/allreduce.json" > "$W/allreduce.log" 2>&1; grep -E "ranks|ms," "$W/allreduce.log" | tee "$OUT/allreduce.txt"
 # REPEAT pairs, 1 GPU and N GPUs alternately: the VM's host speed drifts between machines and runs,
 # and both models are partly host-bound, so each pair is compared within itself
 for r in $(seq 1 "${REPEAT:-1}"); do
