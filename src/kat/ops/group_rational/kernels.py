@@ -95,6 +95,16 @@ def _load_group_coefficients(a_ptr, b_ptr, col0, C, GROUP_SIZE, a_group_stride):
             tl.load(b_row + 0), tl.load(b_row + 1), tl.load(b_row + 2), tl.load(b_row + 3))
 
 
+@triton.jit
+def _block_coefficients(a_ptr, b_ptr, pid_c, ca, mask_c, C, GROUP_SIZE, a_group_stride,
+                        BLOCK_C: tl.constexpr, UNIFORM: tl.constexpr):
+    """The signed coefficients for channel-axis block ``pid_c``: scalars when UNIFORM, else rows."""
+    if UNIFORM:
+        return _load_group_coefficients(a_ptr, b_ptr, pid_c * BLOCK_C, C, GROUP_SIZE, a_group_stride)
+    else:
+        return _load_coefficients(a_ptr, b_ptr, ca, mask_c, C, GROUP_SIZE, a_group_stride)
+
+
 # On the GPU the reciprocal of Q is one MUFU.RCP instruction (PTX rcp.approx.ftz.f32, at most
 # 1 ulp off). Q = 1 + sum |b_j| |x|^j is never below 1 (or NaN for NaN x, +inf on overflow, where
 # rcp gives NaN and +0 as division would), so the range fix-ups that tl.fdiv's div.full.f32
@@ -139,12 +149,8 @@ def group_rational_fwd_kernel(
     pid_c = tl.program_id(1)
     ca = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = ca < CA
-    if UNIFORM:
-        a0, a1, a2, a3, a4, a5, b1, b2, b3, b4 = _load_group_coefficients(
-            a_ptr, b_ptr, pid_c * BLOCK_C, C, GROUP_SIZE, a_group_stride)
-    else:
-        a0, a1, a2, a3, a4, a5, b1, b2, b3, b4 = _load_coefficients(
-            a_ptr, b_ptr, ca, mask_c, C, GROUP_SIZE, a_group_stride)
+    a0, a1, a2, a3, a4, a5, b1, b2, b3, b4 = _block_coefficients(
+        a_ptr, b_ptr, pid_c, ca, mask_c, C, GROUP_SIZE, a_group_stride, BLOCK_C, UNIFORM)
     b1, b2, b3, b4 = tl.abs(b1), tl.abs(b2), tl.abs(b3), tl.abs(b4)
 
     s = (pid_s * BLOCK_S + tl.arange(0, BLOCK_S)).to(tl.int64)
@@ -254,12 +260,8 @@ def group_rational_bwd_kernel(
     pid_c = tl.program_id(1)
     ca = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = ca < CA
-    if UNIFORM:
-        a0, a1, a2, a3, a4, a5, sb1, sb2, sb3, sb4 = _load_group_coefficients(
-            a_ptr, b_ptr, pid_c * BLOCK_C, C, GROUP_SIZE, a_group_stride)
-    else:
-        a0, a1, a2, a3, a4, a5, sb1, sb2, sb3, sb4 = _load_coefficients(
-            a_ptr, b_ptr, ca, mask_c, C, GROUP_SIZE, a_group_stride)
+    a0, a1, a2, a3, a4, a5, sb1, sb2, sb3, sb4 = _block_coefficients(
+        a_ptr, b_ptr, pid_c, ca, mask_c, C, GROUP_SIZE, a_group_stride, BLOCK_C, UNIFORM)
     b1, b2, b3, b4 = tl.abs(sb1), tl.abs(sb2), tl.abs(sb3), tl.abs(sb4)
     cal = ca.to(tl.int64)[None, :]
     col_x = cal * stride_xc
