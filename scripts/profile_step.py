@@ -4,8 +4,9 @@ step `kat-bench model` times):
 
 - eager ms/step against the same step replayed from a CUDA graph (the GPU's own time): their
   difference is what the host adds when it cannot keep the GPU fed;
-- a torch.profiler table of each model's step sorted by host (self CPU) time, so the KAT-minus-ViT
-  host time can be attributed to operators (the rational's Function, launches, reductions, ...).
+- torch.profiler tables of each model's step sorted by host (self CPU) time, so the KAT-minus-ViT
+  host time can be attributed to operators (the rational's Function, launches, reductions, ...),
+  and by GPU time, so the GPU-side difference can be attributed to kernels.
 
     PYTHONPATH=src python scripts/profile_step.py --size tiny [--fuse-norm-act1] [--out DIR]
 """
@@ -56,7 +57,10 @@ def main():
                 step()
             torch.cuda.synchronize()
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
-        (out / f"profile_{name}.txt").write_text(table)
+        # and the same 5 steps by GPU time: which kernels (the rational's, the reductions, casts)
+        kernels = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30)
+        (out / f"profile_{name}.txt").write_text(f"By host time (self CPU), 5 steps:\n{table}\n\n"
+                                                 f"By GPU time (self CUDA), 5 steps:\n{kernels}\n")
         events = prof.key_averages()
         host_ms = sum(e.self_cpu_time_total for e in events) / 1e3 / 5
         gpu_ms = sum(getattr(e, "self_device_time_total", 0) for e in events) / 1e3 / 5
