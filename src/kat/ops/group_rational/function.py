@@ -16,6 +16,7 @@ import os
 
 import torch
 
+from .tuning import Tuner
 
 __all__ = ["GroupRationalFunction", "Plan", "triton_available", "triton_supports", "MAX_ORDER"]
 
@@ -119,38 +120,7 @@ def _num_splits(x: torch.Tensor, s: int, block_s: int, blocks: int, warps: int) 
     return max(1, min(_cdiv(s, block_s), _cdiv(sms * max(1, 32 // warps), blocks)))
 
 
-class _Tuner:
-    """Picks a kernel config per shape key by timing the candidates once (CUDA events), then reuses
-    it. Unlike triton.autotune, the host knows the chosen tile, which fixes the backward grid and
-    the size of its partial-sum buffer."""
-
-    def __init__(self):
-        self.cache: dict = {}
-
-    def pick(self, key, configs, launch):
-        cfg = self.cache.get(key)
-        if cfg is not None:
-            return cfg
-        if len(configs) == 1 or key[1].type != "cuda" or not _AUTOTUNE:
-            cfg = configs[0]
-        else:
-            from triton.testing import do_bench
-            best = None
-            for candidate in configs:
-                try:
-                    ms = do_bench(lambda: launch(candidate), warmup=5, rep=20, return_mode="median")
-                except Exception:  # out of registers / shared memory on this GPU: skip it
-                    continue
-                if best is None or ms < best[0]:
-                    best = (ms, candidate)
-            if best is None:
-                raise RuntimeError(f"group_rational: no kernel config runs for {key}")
-            cfg = best[1]
-        self.cache[key] = cfg
-        return cfg
-
-
-_TUNER = _Tuner()
+_TUNER = Tuner(autotune=_AUTOTUNE)  # choices also kept on disk: see tuning.py
 
 
 def _launch_guard(x: torch.Tensor):

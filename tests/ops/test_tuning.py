@@ -1,0 +1,110 @@
+"""The config tuner: fastest candidate per shape, remembered in memory and in the tuning file so a
+later process reuses the same choice (same configs, hence the same summation order and bits)
+without timing again. GPU timing is replaced by a stand-in clock; the device is only named."""
+import json
+
+import pytest
+import torch
+
+from kat.ops.group_rational import tuning
+
+CONFIGS = [(8, 64, 4, False), (4, 128, 4, False), (16, 64, 4, True)]
+KEY = ("bwd", torch.device("cuda", 0), torch.bfloat16, 25216, 768, 768, 8)
+
+
+class Clock:
+    """Stand-in for do_bench: a fixed time per config; records what it was asked to time."""
+
+    def __init__(self, times):
+        self.times, self.calls = times, []
+
+    def __call__(self, launch, cfg):
+        self.calls.append(cfg)
+        t = self.times[cfg]
+        if t is None:
+            raise RuntimeError("out of resources")  # as a config the GPU cannot run
+        return t
+
+
+def _tuner(tmp_path, times, **kw):
+    clock = Clock(times)
+    kw.setdefault("path", lambda: tmp_path / "tuning.json")
+    return tuning.Tuner(time_config=clock, gpu_name=lambda index: "NVIDIA H200", **kw), clock
+
+
+def test_picks_the_fastest_and_a_later_process_reuses_it_without_timing(tmp_path):
+    first, clock = _tuner(tmp_path, {CONFIGS[0]: 3.0, CONFIGS[1]: 1.0, CONFIGS[2]: 2.0})
+    assert first.pick(KEY, CONFIGS, launch=None) == CONFIGS[1]
+    assert clock.calls == CONFIGS
+    assert first.pick(KEY, CONFIGS, launch=None) == CONFIGS[1] and len(clock.calls) == 3  # in memory
+    stored = json.loads((tmp_path / "tuning.json").read_text())
+    (name, cfg), = stored.items()
+    assert cfg == list(CONFIGS[1]) and "NVIDIA H200" in name and "bwd" in name and "25216,768,768,8" in name
+    # a new process (new tuner) whose clock would now favour another config still takes the stored one
+    second, clock2 = _tuner(tmp_path, {CONFIGS[0]: 0.5, CONFIGS[1]: 1.0, CONFIGS[2]: 2.0})
+    assert second.pick(KEY, CONFIGS, launch=None) == CONFIGS[1]
+    assert clock2.calls == []
+
+
+def test_other_shapes_and_gpus_are_tuned_separately(tmp_path):
+    first, _ = _tuner(tmp_path, {CONFIGS[0]: 1.0, CONFIGS[1]: 2.0, CONFIGS[2]: 3.0})
+    first.pick(KEY, CONFIGS, launch=None)
+    other_shape = KEY[:3] + (25216, 192, 192, 8)
+    second, clock = _tuner(tmp_path, {CONFIGS[0]: 3.0, CONFIGS[1]: 2.0, CONFIGS[2]: 1.0})
+    assert second.pick(other_shape, CONFIGS, launch=None) == CONFIGS[2] and len(clock.calls) == 3
+    third = tuning.Tuner(time_config=Clock({c: 1.0 for c in CONFIGS}), gpu_name=lambda i: "NVIDIA H100",
+                         path=lambda: tmp_path / "tuning.json")
+    third.pick(KEY, CONFIGS, launch=None)
+    assert len(json.loads((tmp_path / "tuning.json").read_text())) == 3  # entries merged, none lost
+
+
+@pytest.mark.parametrize("content", ["{not json", '["a list"]', None])
+def test_unusable_entries_are_retuned(tmp_path, content):
+    path = tmp_path / "tuning.json"
+    if content is None:  # a stored config the kernels no longer offer
+        first, _ = _tuner(tmp_path, {c: 1.0 for c in CONFIGS})
+        first.pick(KEY, CONFIGS, launch=None)
+        data = json.loads(path.read_text())
+        data = {k: [99, 99, 1, False] for k in data}
+        path.write_text(json.dumps(data))
+    else:
+        path.write_text(content)
+    tuner, clock = _tuner(tmp_path, {CONFIGS[0]: 2.0, CONFIGS[1]: 3.0, CONFIGS[2]: 1.0})
+    assert tuner.pick(KEY, CONFIGS, launch=None) == CONFIGS[2]
+    assert clock.calls == CONFIGS
+    assert list(json.loads(path.read_text()).values()) == [list(CONFIGS[2])]
+
+
+def test_configs_that_fail_are_skipped_and_none_running_is_an_error(tmp_path):
+    tuner, _ = _tuner(tmp_path, {CONFIGS[0]: None, CONFIGS[1]: 5.0, CONFIGS[2]: None})
+    assert tuner.pick(KEY, CONFIGS, launch=None) == CONFIGS[1]
+    tuner, _ = _tuner(tmp_path, {c: None for c in CONFIGS})
+    with pytest.raises(RuntimeError, match="no kernel config runs"):
+        tuner.pick(KEY[:3] + (1, 2, 3, 4), CONFIGS, launch=None)
+
+
+def test_without_a_file_or_without_autotuning(tmp_path):
+    tuner, clock = _tuner(tmp_path, {CONFIGS[0]: 2.0, CONFIGS[1]: 1.0, CONFIGS[2]: 3.0}, path=lambda: None)
+    assert tuner.pick(KEY, CONFIGS, launch=None) == CONFIGS[1] and len(clock.calls) == 3
+    assert list(tmp_path.iterdir()) == []
+    tuner, clock = _tuner(tmp_path, {c: 1.0 for c in CONFIGS}, autotune=False)
+    assert tuner.pick(KEY, CONFIGS, launch=None) == CONFIGS[0] and clock.calls == []
+    cpu_key = ("fwd", torch.device("cpu"), torch.float32, 10, 64, 64, 8)
+    assert tuner.pick(cpu_key, CONFIGS, launch=None) == CONFIGS[0]  # the interpreter: never timed
+
+
+def test_cache_path_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("KAT_TUNE_CACHE", raising=False)
+    assert tuning.cache_path().parts[-3:] == (".cache", "kat", "tuning.json")
+    monkeypatch.setenv("KAT_TUNE_CACHE", "0")
+    assert tuning.cache_path() is None
+    monkeypatch.setenv("KAT_TUNE_CACHE", str(tmp_path / "t.json"))
+    assert tuning.cache_path() == tmp_path / "t.json"
+
+
+def test_unwritable_location_still_tunes(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the cache's folder would have to be
+    tuner, clock = _tuner(tmp_path, {CONFIGS[0]: 2.0, CONFIGS[1]: 1.0, CONFIGS[2]: 3.0},
+                          path=lambda: blocker / "sub" / "tuning.json")
+    assert tuner.pick(KEY, CONFIGS, launch=None) == CONFIGS[1]
