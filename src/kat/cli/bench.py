@@ -9,7 +9,10 @@
                       training memory, for KAT-T/S/B beside vit_{tiny,small,base}_patch16_224.
 
 Both print a table and can write JSON (--json). Timings are medians of triton.testing.do_bench
-(CUDA events) for the op, and CUDA-event-timed loops for models. Needs a CUDA GPU.
+(CUDA events) for the op, and CUDA-event-timed loops for models; in model mode (eager or CUDA
+graphs) ViT and KAT stay resident and their loops alternate, so host-speed drift during the run
+hits both, and each ratio is the median of the per-repeat KAT/ViT ratios. Needs a CUDA GPU
+(``model --device cpu`` runs the same code on the CPU as a functional check).
 """
 from __future__ import annotations
 
@@ -90,9 +93,15 @@ def bench_op(shape: Sequence[int], dtype: torch.dtype, providers: Sequence[str],
     return rows
 
 
-def _time_loop(step, iters: int, warmup: int) -> float:
+def _time_loop(step, iters: int, warmup: int, device: str = "cuda") -> float:
+    """Seconds per call of ``step``: CUDA events on a GPU, the wall clock on the CPU."""
     for _ in range(warmup):
         step()
+    if device != "cuda":
+        t = time.perf_counter()
+        for _ in range(iters):
+            step()
+        return (time.perf_counter() - t) / iters
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -117,51 +126,119 @@ def _graphed(step):
     return graph.replay
 
 
-def bench_model(name: str, batch: int, infer_batch: int, dtype: torch.dtype, compile_: str | None,
-                iters: int, warmup: int, repeats: int, cuda_graphs: bool = False, kat_kwargs=None) -> dict:
-    import timm
+class _ModelRun:
+    """One model ready to be timed: its train step (autocast forward, backward, AdamW step) and
+    inference step, optionally compiled or replayed from CUDA graphs, and its peak training memory
+    (measured over the warm-up steps: what this model adds to the device's allocated bytes, so the
+    other model of a pair, resident at the same time, does not count)."""
 
-    import kat  # noqa: F401
-    torch.manual_seed(0)
-    model = timm.create_model(name, **(kat_kwargs if name.startswith("kat_") and kat_kwargs else {})).cuda()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True, capturable=cuda_graphs)
+    def __init__(self, name: str, batch: int, infer_batch: int, dtype: torch.dtype, compile_: str | None,
+                 warmup: int, cuda_graphs: bool = False, kat_kwargs=None, device: str = "cuda", img_size=None):
+        import timm
+
+        import kat  # noqa: F401
+        self.name, self.batch, self.infer_batch, self.device = name, batch, infer_batch, device
+        cuda = device == "cuda"
+        torch.manual_seed(0)
+        base = torch.cuda.memory_allocated() if cuda else 0
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        kw = dict(kat_kwargs) if name.startswith("kat_") and kat_kwargs else {}
+        if img_size:
+            kw["img_size"] = img_size
+        self.model = model = timm.create_model(name, **kw).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda, capturable=cuda_graphs)
+        if compile_:
+            # Dynamo caches graphs per code object, and every timm ViT (KAT too) shares
+            # VisionTransformer.forward: without a reset the models before this one fill its recompile
+            # limit (8) and this one silently runs eager. Static shapes: train and infer batches differ.
+            torch._dynamo.reset()
+        run = torch.compile(model, mode=compile_, dynamic=False) if compile_ else model
+        size = img_size or 224
+        x = torch.randn(batch, 3, size, size, device=device)
+        y = torch.randint(0, model.num_classes, (batch,), device=device)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def train_step():
+            with torch.autocast(device, dtype=dtype):
+                loss = loss_fn(run(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=not cuda_graphs)
+
+        model.train()
+        if cuda_graphs:
+            opt.zero_grad(set_to_none=False)  # graphs need grads allocated outside the capture
+            train_step = _graphed(train_step)
+        for _ in range(warmup):
+            train_step()
+        if cuda:
+            torch.cuda.synchronize()
+        self.peak = (torch.cuda.max_memory_allocated() - base) if cuda else None  # no CPU counter
+        xi = torch.randn(infer_batch, 3, size, size, device=device)  # after the memory reading
+
+        def infer_step():
+            with torch.no_grad(), torch.autocast(device, dtype=dtype):
+                run(xi)
+
+        if cuda_graphs:
+            model.eval()
+            infer_step = _graphed(infer_step)
+        self.train_step, self.infer_step = train_step, infer_step
+        self.train_times: list[float] = []
+        self.infer_times: list[float] = []
+
+    def time(self, phase: str, iters: int, warmup: int) -> None:
+        self.model.train(phase == "train")
+        step = self.train_step if phase == "train" else self.infer_step
+        getattr(self, f"{phase}_times").append(_time_loop(step, iters, warmup, self.device))
+
+    def result(self) -> dict:
+        return {"model": self.name, "train_img_s": self.batch / statistics.median(self.train_times),
+                "infer_img_s": self.infer_batch / statistics.median(self.infer_times),
+                "peak_train_mem_gib": None if self.peak is None else self.peak / 2**30,
+                "train_img_s_runs": [self.batch / t for t in self.train_times],
+                "infer_img_s_runs": [self.infer_batch / t for t in self.infer_times]}
+
+
+def bench_pair(size: str, batch: int, infer_batch: int, dtype: torch.dtype, compile_: str | None, iters: int,
+               warmup: int, repeats: int, cuda_graphs: bool = False, kat_kwargs=None, device: str = "cuda",
+               img_size=None) -> dict:
+    """ViT and KAT of one size. Eager or with CUDA graphs both models stay resident and their timing
+    loops alternate (ViT, KAT, ViT, KAT, ...), so a drift of the host's speed during the run hits both
+    alike; the ratio is the median of the per-repeat ratios. Compiled models are timed one after
+    the other (each compile resets Dynamo, which would recompile the other model mid-timing)."""
+    names = [f"{fam}_{size}_patch16_224" for fam in ("vit", "kat")]
+
+    def make(name):
+        return _ModelRun(name, batch, infer_batch, dtype, compile_, warmup, cuda_graphs, kat_kwargs, device, img_size)
+
     if compile_:
-        # Dynamo caches graphs per code object, and every timm ViT (KAT too) shares
-        # VisionTransformer.forward: without a reset the models before this one fill its recompile
-        # limit (8) and this one silently runs eager. Static shapes: train and infer batches differ.
-        torch._dynamo.reset()
-    run = torch.compile(model, mode=compile_, dynamic=False) if compile_ else model
-    x = torch.randn(batch, 3, 224, 224, device="cuda")
-    y = torch.randint(0, 1000, (batch,), device="cuda")
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def train_step():
-        with torch.autocast("cuda", dtype=dtype):
-            loss = loss_fn(run(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=not cuda_graphs)
-
-    model.train()
-    torch.cuda.reset_peak_memory_stats()
-    if cuda_graphs:
-        opt.zero_grad(set_to_none=False)  # graphs need grads allocated outside the capture
-        train_step = _graphed(train_step)
-    train_times = [_time_loop(train_step, iters, warmup if r == 0 else 2) for r in range(repeats)]
-    peak = torch.cuda.max_memory_allocated()
-    model.eval()
-    xi = torch.randn(infer_batch, 3, 224, 224, device="cuda")
-
-    def infer_step():
-        with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
-            run(xi)
-
-    if cuda_graphs:
-        infer_step = _graphed(infer_step)
-    infer_times = [_time_loop(infer_step, iters, warmup if r == 0 else 2) for r in range(repeats)]
-    return {"model": name, "train_img_s": batch / statistics.median(train_times),
-            "infer_img_s": infer_batch / statistics.median(infer_times), "peak_train_mem_gib": peak / 2**30,
-            "train_img_s_runs": [batch / t for t in train_times], "infer_img_s_runs": [infer_batch / t for t in infer_times]}
+        runs = []
+        for name in names:
+            run = make(name)
+            for phase in ("train", "infer"):
+                for _ in range(repeats):
+                    run.time(phase, iters, 2)
+            run.model = run.train_step = run.infer_step = None  # free the model before the next one
+            runs.append(run)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    else:
+        runs = [make(name) for name in names]
+        for phase in ("train", "infer"):
+            for _ in range(repeats):
+                for run in runs:
+                    run.time(phase, iters, 2)
+    vit, kt = (r.result() for r in runs)
+    row = {"size": size, "vit": vit, "kat": kt, "interleaved": not compile_}
+    for phase in ("train", "infer"):
+        paired = [k / v for k, v in zip(kt[f"{phase}_img_s_runs"], vit[f"{phase}_img_s_runs"])]
+        row[f"{phase}_ratio_runs"] = paired
+        row[f"{phase}_ratio"] = statistics.median(paired)
+    row["mem_ratio"] = (kt["peak_train_mem_gib"] / vit["peak_train_mem_gib"]
+                        if vit["peak_train_mem_gib"] is not None else None)
+    return row
 
 
 def flops_rows(models: Sequence[str], kanify: bool, input_size=None) -> list[dict]:
@@ -220,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--iters", type=int, default=20)
     m.add_argument("--warmup", type=int, default=5)
     m.add_argument("--repeats", type=int, default=3)
+    m.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                   help="cpu: a functional check of the benchmark itself (wall-clock times, no memory)")
+    m.add_argument("--img-size", type=int, default=None, help="input resolution (default 224; small for --device cpu)")
     f = sub.add_parser("flops", help="FLOPs/params with and without GR-KAN (CPU is fine)")
     f.add_argument("--models", nargs="+", default=["kat_tiny_patch16_224", "kat_small_patch16_224",
                                                    "kat_base_patch16_224"])
@@ -235,8 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             with open(args.json, "w") as fh:
                 json.dump(result, fh, indent=1)
         return 0
-    if not torch.cuda.is_available():
-        parser.error("kat-bench needs a CUDA GPU")
+    if not (args.mode == "model" and args.device == "cpu") and not torch.cuda.is_available():
+        parser.error("kat-bench needs a CUDA GPU (model mode also runs with --device cpu, as a check)")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     result = {"env": environment(), "mode": args.mode, "args": vars(args)}
@@ -261,20 +341,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         rows = []
         for size in args.sizes:
-            pair = [bench_model(f"{fam}_{size}_patch16_224", args.batch, args.infer_batch, DTYPES[args.dtype],
-                                args.compile, args.iters, args.warmup, args.repeats, args.cuda_graphs,
-                                _kat_kwargs(args))
-                    for fam in ("vit", "kat")]
-            vit, kt = pair
-            rows.append({"size": size, "vit": vit, "kat": kt,
-                         "train_ratio": kt["train_img_s"] / vit["train_img_s"],
-                         "infer_ratio": kt["infer_img_s"] / vit["infer_img_s"],
-                         "mem_ratio": kt["peak_train_mem_gib"] / vit["peak_train_mem_gib"]})
-            r = rows[-1]
-            _log.info("%-5s train ViT %7.0f KAT %7.0f img/s (x%.3f) | infer ViT %7.0f KAT %7.0f (x%.3f) | "
-                      "mem ViT %.2f KAT %.2f GiB (x%.3f)", size, vit["train_img_s"], kt["train_img_s"],
-                      r["train_ratio"], vit["infer_img_s"], kt["infer_img_s"], r["infer_ratio"],
-                      vit["peak_train_mem_gib"], kt["peak_train_mem_gib"], r["mem_ratio"])
+            r = bench_pair(size, args.batch, args.infer_batch, DTYPES[args.dtype], args.compile, args.iters,
+                           args.warmup, args.repeats, args.cuda_graphs, _kat_kwargs(args), args.device,
+                           args.img_size)
+            rows.append(r)
+            vit, kt = r["vit"], r["kat"]
+            mem = ("mem ViT %.2f KAT %.2f GiB (x%.3f)" % (vit["peak_train_mem_gib"], kt["peak_train_mem_gib"],
+                                                          r["mem_ratio"]) if r["mem_ratio"] is not None else "mem n/a")
+            _log.info("%-5s train ViT %7.0f KAT %7.0f img/s (x%.3f) | infer ViT %7.0f KAT %7.0f (x%.3f) | %s",
+                      size, vit["train_img_s"], kt["train_img_s"], r["train_ratio"], vit["infer_img_s"],
+                      kt["infer_img_s"], r["infer_ratio"], mem)
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
         result["rows"] = rows
     if args.json:
         with open(args.json, "w") as f:

@@ -1,0 +1,61 @@
+"""kat-bench model's own logic, run on the CPU with small inputs (the numbers mean nothing here; on
+a GPU the same code times CUDA-event loops): both models of a pair measured, eager timing loops
+interleaved ViT/KAT, ratios as medians of per-repeat pairs, compiled models timed one at a time."""
+import json
+import statistics
+
+import pytest
+import torch
+
+from kat.cli import bench
+
+ARGS = ["model", "--device", "cpu", "--sizes", "tiny", "--batch", "2", "--infer-batch", "2", "--iters", "1",
+        "--warmup", "1", "--repeats", "3", "--img-size", "32"]
+
+
+def _run(tmp_path, extra=()):
+    out = tmp_path / "bench.json"
+    assert bench.main([*ARGS, *extra, "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    return row
+
+
+def test_eager_pair_is_interleaved_and_ratios_are_paired_medians(tmp_path, monkeypatch):
+    order = []
+    real = bench._ModelRun.time
+
+    def spy(self, phase, iters, warmup):
+        order.append((phase, self.name.split("_")[0]))
+        real(self, phase, iters, warmup)
+
+    monkeypatch.setattr(bench._ModelRun, "time", spy)
+    row = _run(tmp_path)
+    assert order == [("train", "vit"), ("train", "kat")] * 3 + [("infer", "vit"), ("infer", "kat")] * 3
+    assert row["interleaved"] and row["vit"]["model"] == "vit_tiny_patch16_224"
+    for phase in ("train", "infer"):
+        kat_runs, vit_runs = row["kat"][f"{phase}_img_s_runs"], row["vit"][f"{phase}_img_s_runs"]
+        assert len(kat_runs) == len(vit_runs) == 3 and min(kat_runs + vit_runs) > 0
+        paired = [k / v for k, v in zip(kat_runs, vit_runs)]
+        assert row[f"{phase}_ratio_runs"] == pytest.approx(paired)
+        assert row[f"{phase}_ratio"] == pytest.approx(statistics.median(paired))
+        assert row["kat"][f"{phase}_img_s"] == pytest.approx(2 / statistics.median([2 / r for r in kat_runs]))
+    assert row["mem_ratio"] is None and row["kat"]["peak_train_mem_gib"] is None  # no memory counter on the CPU
+
+
+def test_compiled_pair_is_timed_one_model_at_a_time(tmp_path, monkeypatch):
+    compiled, order = [], []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(kw) or model)  # no Inductor here
+    real = bench._ModelRun.time
+    monkeypatch.setattr(bench._ModelRun, "time",
+                        lambda self, phase, iters, warmup: order.append((phase, self.name[:3])) or
+                        real(self, phase, iters, warmup))
+    row = _run(tmp_path, ["--compile", "reduce-overhead"])
+    assert compiled == [{"mode": "reduce-overhead", "dynamic": False}] * 2
+    assert order == [("train", "vit")] * 3 + [("infer", "vit")] * 3 + [("train", "kat")] * 3 + [("infer", "kat")] * 3
+    assert not row["interleaved"] and len(row["train_ratio_runs"]) == 3
+
+
+def test_model_mode_needs_a_gpu_unless_cpu_is_asked_for(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        bench.main(["model", "--sizes", "tiny"])
