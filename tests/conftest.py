@@ -12,6 +12,7 @@ import torch
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 os.environ.setdefault("KAT_AUTOTUNE", "0")  # correctness tests need not time kernel configs
+os.environ.setdefault("KAT_TUNE_CACHE", "0")  # and never write tuning choices into the home folder
 
 # The golden data lives in shared/golden beside the checkout (or inside it, or in .data/golden where
 # the device tool carries it); KAT_GOLDEN_DIR overrides.
