@@ -20,6 +20,9 @@ check)
     | tee "$OUT/pytest.txt"
   timeout 90 python3 scripts/host_overhead.py --json "$OUT/host.json" 2>&1 | tee "$OUT/host.txt"
   timeout 200 python3 -m kat.cli.bench op --providers kat --cuda-graphs --json "$OUT/op.json" 2>&1 | tee "$OUT/op.txt"
+  # the model benchmark's interleaved path once, small, before a whole call is spent on it
+  timeout 120 python3 -m kat.cli.bench model --sizes tiny --iters 3 --repeats 2 --warmup 2 2>&1 \
+    | grep -E "^tiny|Error" | tee "$OUT/model_quick.txt"
   ;;
 models)
   for extra in "" "--fuse-norm-act1"; do
