@@ -296,3 +296,26 @@ def test_shipped_recipes_parse(config):
         assert (args.mixup, args.cutmix, args.reprob, args.smoothing, args.aa) == (0.8, 1.0, 0.25, 0.1, "rand-m9-mstd0.5")
         assert args.model_ema and args.model_ema_decay == 0.9999 and args.warmup_epochs == 5
         assert args.drop_path == (0.4 if "base" in config else 0.1)
+
+
+def test_fused_optimizer_choice_and_resume_across_it():
+    """--fused-opt auto asks timm for PyTorch's fused Adam/AdamW on CUDA only; the optimizer state is
+    the same either way, so a checkpoint written with one resumes with the other."""
+    from timm.optim import create_optimizer_v2
+
+    from kat.cli.train import optimizer_kwargs
+    assert optimizer_kwargs("adamw", "cuda", "auto") == {"fused": True}
+    assert optimizer_kwargs("AdamW", "cuda", "auto") == {"fused": True}
+    assert optimizer_kwargs("adamw", "cuda", "off") == {}
+    assert optimizer_kwargs("adamw", "cpu", "auto") == {}
+    assert optimizer_kwargs("sgd", "cuda", "auto") == {}
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 4)
+    fused = create_optimizer_v2(model, opt="adamw", lr=1e-2, weight_decay=0.05, fused=True)
+    assert fused.defaults["fused"] is True
+    model(torch.randn(3, 8)).square().mean().backward()
+    fused.step()
+    plain = create_optimizer_v2(model, opt="adamw", lr=1e-2, weight_decay=0.05)
+    plain.load_state_dict(fused.state_dict())
+    for p in model.parameters():
+        assert torch.equal(plain.state[p]["exp_avg"], fused.state[p]["exp_avg"])
