@@ -3,8 +3,8 @@
 ``torch.ops.kat.group_rational_fwd`` / ``group_rational_bwd`` wrap the Triton launchers as opaque
 custom ops with fake (meta) implementations, so ``torch.compile(fullgraph=True)`` traces through
 them; ``GroupRationalFunction`` ties them together for autograd. The kernels are imported lazily so
-that ``import kat`` never imports Triton. ``TRITON_INTERPRET`` and ``KAT_AUTOTUNE`` are read when
-this module is imported (``import kat``): set them before that.
+that ``import kat`` never imports Triton. ``TRITON_INTERPRET``, ``KAT_AUTOTUNE`` and ``KAT_UNIFORM`` are
+read when this module is imported (``import kat``): set them before that.
 """
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # KAT_AUTOTUNE=0 skips timing the kernel configs (each new shape then uses the first config);
 # tests set it, since timing ~26 configs per new test shape dominates a GPU test run.
 _AUTOTUNE = os.environ.get("KAT_AUTOTUNE", "1") != "0"
+# KAT_UNIFORM=0 keeps the per-column coefficient loads even where a block lies in one group (A/B).
+_UNIFORM_ON = os.environ.get("KAT_UNIFORM", "1") != "0"
 
 
 def triton_available() -> bool:
@@ -234,7 +236,7 @@ def _bwd_consts(cfg, group_size: int = 0) -> dict:
 
 
 def _uniform(block_c: int, group_size: int) -> bool:
-    return group_size > 0 and group_size % block_c == 0 and os.environ.get("KAT_UNIFORM", "1") != "0"
+    return _UNIFORM_ON and group_size > 0 and group_size % block_c == 0
 
 
 def _fwd_grid(s: int, ca: int, cfg) -> tuple:

@@ -8,8 +8,8 @@ strides, so one pair covers both layouts and any 2-D-collapsible view.
 All arithmetic is float32; loads are upcast and stores round to the output pointer's dtype.
 Coefficients are loaded per column (a gather by group) or, where the host passes UNIFORM (the
 block width divides the group size, so a program's columns share one group), once per program as
-scalars: on sm_90 that takes the default backward tile from 181 to 90 registers per thread
-(scripts/kernel_sass.py), so more warps, and more loads, are in flight per SM.
+scalars: on sm_90 the default backward tile then takes 96 registers per thread instead of 185
+(bf16, scripts/kernel_sass.py), so more warps, and more loads, are in flight per SM.
 Lower orders run here by zero-padding the coefficients on the host (a zero numerator term adds
 nothing to P, a zero denominator term adds nothing to Q).
 
