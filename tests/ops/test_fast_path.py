@@ -58,8 +58,11 @@ def test_group_uniform_blocks(c, groups, shared, channels_first, dtype, select, 
     """Where the block width divides the group size every program's channels share one group and the
     kernels load the coefficients as scalars (UNIFORM): same float64 agreement as the per-column
     path, and the per-column path (KAT_UNIFORM=0) gives bit-identical results."""
-    monkeypatch.setattr(kernels, "FWD_CONFIGS", [k for k in kernels.FWD_CONFIGS if k[3] == select])
-    monkeypatch.setattr(kernels, "BWD_CONFIGS", [k for k in kernels.BWD_CONFIGS if k[3] == row_reduce])
+    # One config per kernel, of this variant, with a block width that divides the group size (the
+    # device's tuning lists need not hold one for every variant: on the GPU no SELECT config is 64 wide)
+    bc = 64 if (c // groups) % 64 == 0 else 32
+    monkeypatch.setattr(kernels, "FWD_CONFIGS", [(16, bc, 4, select)])
+    monkeypatch.setattr(kernels, "BWD_CONFIGS", [(8, bc, 4, row_reduce)])
     assert fn._fwd_consts(kernels.FWD_CONFIGS[0], c // groups)["UNIFORM"]
     assert fn._bwd_consts(kernels.BWD_CONFIGS[0], c // groups)["UNIFORM"]
     a, b = _coeffs(groups=groups, shared=shared, device=device)
@@ -74,8 +77,11 @@ def test_group_uniform_blocks(c, groups, shared, channels_first, dtype, select, 
     gr._PLANS.clear()
     fn._TUNER.cache.clear()
     per_column = _check("triton", x, a, b, channel_dim=1 if channels_first else -1)
-    for u, v in zip(got, per_column):  # same arithmetic, same summation order: the same bits
-        assert torch.equal(u, v)
+    for u, v in zip(got, per_column):
+        if device.type == "cpu":  # the interpreter: same arithmetic, same summation order, same bits
+            assert torch.equal(u, v)
+        else:  # compiled, the two variants may contract multiply-adds into FMAs at different places
+            torch.testing.assert_close(u, v, rtol=4 * torch.finfo(u.dtype).eps, atol=1e-6)
 
 
 @pytest.mark.parametrize("select", [True, False])
