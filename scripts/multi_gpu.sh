@@ -10,6 +10,10 @@ OUT=${OUT:-multi_gpu_out}; mkdir -p "$OUT"
 NGPU=${NGPU:-2}; STEPS=${STEPS:-150}; W=${WORK:-/tmp/multi_gpu}; rm -rf "$W"; mkdir -p "$W"
 # NVLink multicast stays off in NCCL, PyTorch and NVSHMEM (device README: it can take the shared host down)
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+# The same CPU threads per process on both sides of a pair: torchrun sets OMP_NUM_THREADS=1 only
+# when it starts more than one worker, so without this the 1-GPU baseline ran with every core's
+# thread and the ranks with one (and two concurrent 1-GPU runs oversubscribed the CPUs)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 COMMON=(--dataset synthetic --model kat_small_patch16_224 --model-kwargs "{img_size: 224}" --amp bf16 --drop-path 0 --smoothing 0 --no-shuffle
         --workers 6 --log-interval 10 --eval-interval 1000 --device cuda ${EXTRA:-})
 run() {  # name nproc batch epochs extra...
@@ -18,7 +22,7 @@ run() {  # name nproc batch epochs extra...
     --batch-size "$b" --epochs "$e" --synthetic-size $((b * n * STEPS)) --output "$W/$name" "$@" > "$W/$name.log" 2>&1
   echo "$name: exit $? $(tr -d '\n ' < "$W/$name/result.json" 2>/dev/null)"
 }
-python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__, 'gpus', torch.cuda.device_count())" | tee "$W/versions.txt"
+python3 -c "import torch, triton, timm; print('OMP_NUM_THREADS', torch.get_num_threads(), 'torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__, 'gpus', torch.cuda.device_count())" | tee "$W/versions.txt"
 # The gradient all-reduce alone (KAT-S's 88 MB, whole and in DDP-sized buckets): what the step
 # would lose if nothing overlapped it
 timeout 120 python3 -m torch.distributed.run --standalone --nproc_per_node="$NGPU" scripts/allreduce_bench.py \
@@ -43,17 +47,22 @@ python3 - "$W" "$NGPU" "${REPEAT:-1}" <<'PY' | tee "$OUT/scaling.txt"
 import json, sys
 w, n, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 load = lambda k: json.load(open(f"{w}/{k}/result.json"))
+import os
 for r in range(1, reps + 1):
+    if not all(os.path.exists(f"{w}/{k}/result.json") for k in (f"gpu1_b128_r{r}", f"gpu{n}_b128_r{r}")):
+        print(f"pair {r}: incomplete (a run failed or hit its time limit; see its log)")
+        continue
     one, many = load(f"gpu1_b128_r{r}"), load(f"gpu{n}_b128_r{r}")
     for key in ("steady_img_per_s", "last_epoch_img_per_s"):
         print(f"pair {r} {key}: 1 GPU {one[key]:.0f}, {n} GPUs {many[key]:.0f}, "
               f"efficiency {many[key] / (n * one[key]):.3f}")
-import os
-if os.path.isdir(f"{w}/indep0"):
+if os.path.isdir(f"{w}/indep0") and all(os.path.exists(f"{w}/indep{g}/result.json") for g in range(n)):
     rates = [load(f"indep{g}")["steady_img_per_s"] for g in range(n)]
     one = load("gpu1_b128_r1")["steady_img_per_s"]
     print(f"{n} independent 1-GPU runs at once: {', '.join(f'{r:.0f}' for r in rates)} img/s, "
           f"sum {sum(rates):.0f} = {sum(rates) / (n * one):.3f} x {n} x (1 GPU alone)")
+elif os.path.isdir(f"{w}/indep0"):
+    print("independent runs: not all finished (see indep*.log)")
 many, big = load(f"gpu{n}_b128_r1"), load(f"gpu1_b{128 * n}")
 print(f"step-1 loss: {n} x 128 {many['first_loss']:.6f}, 1 x {128 * n} {big['first_loss']:.6f}, "
       f"rel diff {abs(many['first_loss'] - big['first_loss']) / big['first_loss']:.2e}")
