@@ -219,3 +219,23 @@ def test_model_file_is_small_and_uses_public_timm_api():
     assert src.count("\n") <= 500
     imports = re.findall(r"^\s*(?:from|import)\s+(timm[\w.]*)", src, re.M)
     assert imports and not [m for m in imports if any(part.startswith("_") for part in m.split("."))]
+
+
+def test_weights_loaded_at_creation_skip_the_mimetic_svds(golden_dir, tmp_path, monkeypatch):
+    """pretrained=True and from_vit replace every attention weight, so building them must not pay
+    for the mimetic init's SVDs (KAT-B: 156 of them, seconds on a small CPU); a fresh model still
+    gets it."""
+    ckpt, inp, out = _golden(golden_dir)
+    path = tmp_path / "ckpt.pth"
+    torch.save(ckpt, path)
+    calls = []
+    real = kat.models.kat._ortho_like
+    monkeypatch.setattr(kat.models.kat, "_ortho_like", lambda *a, **k: calls.append(1) or real(*a, **k))
+    m = timm.create_model("kat_tiny_swish_patch16_224", pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(path)))
+    _check_golden(m, inp, out)
+    vit, _ = _vit_and_batch()
+    kat.from_vit(vit)
+    assert calls == []
+    timm.create_model("kat_tiny_patch16_224")
+    assert len(calls) == 12 * (3 + 1)  # 12 blocks x (3 heads + the value/output pair)

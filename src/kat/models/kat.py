@@ -49,9 +49,11 @@ _TOP1 = {("tiny", "in1k"): 74.6, ("tiny", "vitft"): 75.7, ("small", "in1k"): 81.
 def _ortho_like(dim: int, alpha: float, beta: float, sign: float, generator=None):
     """Split A = alpha * U(-sqrt(3/dim), sqrt(3/dim)) + sign * beta * I into L @ R with L = U sqrt(S),
     R = sqrt(S) V^T, so that L @ R reproduces A (the mimetic-init construction)."""
+    # float32: the factors are rounded to the (fp32) weights anyway, and fp32 halves the SVD's time
+    # (KAT-B: 156 SVDs of 768 x 768 when its model is built)
     bound = math.sqrt(3.0 / dim)
-    a = (torch.rand(dim, dim, generator=generator, dtype=torch.float64) * 2 - 1) * bound * alpha
-    a += sign * beta * torch.eye(dim, dtype=torch.float64)
+    a = (torch.rand(dim, dim, generator=generator) * 2 - 1) * bound * alpha
+    a += sign * beta * torch.eye(dim)
     u, s, vh = torch.linalg.svd(a)
     root = s.sqrt()
     return u * root, root[:, None] * vh
@@ -89,7 +91,8 @@ class KAT(VisionTransformer):
         rational_groups, rational_order, shared_numerator: see ``kat.GroupRational``.
         mlp_init: "variance" (w ~ N(0, alpha/fan_in), the paper's init) or "trunc_normal" (std 0.02,
             what the official code ended up using).
-        attn_init: "mimetic" (the official default) or "timm".
+        attn_init: "mimetic" (the official default) or "timm". Models built with weights
+            (``pretrained=True``, ``kat.from_vit``) default to "timm": the weights replace it anyway.
         rational_impl: "auto" | "torch" | "triton".
         recompute_act1: recompute act1's output in backward instead of storing it (less memory;
             see ``GRKAN``).
@@ -188,6 +191,8 @@ default_cfgs = generate_default_cfgs({
 
 def _create_kat(variant: str, pretrained: bool = False, **kwargs) -> KAT:
     out_indices = kwargs.pop("out_indices", 3)
+    if pretrained:  # the checkpoint replaces the attention weights: skip the mimetic init's SVDs
+        kwargs.setdefault("attn_init", "timm")
     return build_model_with_cfg(
         KAT, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
