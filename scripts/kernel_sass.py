@@ -8,7 +8,7 @@ element a thread handles per iteration; for the forward, those before its first 
 of tiles that need no overflow fix-up) per element per thread. When the bf16 kernels are bound by
 instruction issue rather than memory (BENCHMARKS.md), this is the number a kernel change moves.
 
-    python scripts/kernel_sass.py [--dtype bf16] [--fwd 32,128,4,0] [--bwd 8,64,4,0] [--group-size 384] [--ops]
+    python scripts/kernel_sass.py [--dtype bf16] [--fwd 32,128,4,0] [--bwd 8,64,4,0[,STAGES]] [--group-size 384] [--ops]
 """
 from __future__ import annotations
 
@@ -87,8 +87,8 @@ def main():
     _report(f"forward {cfg} {args.dtype} uniform={consts['UNIFORM']}, up to the first exit", [i for _, i in sass[:first_exit + 1]],
             bs * bc // (32 * warps), args.ops)
 
-    bs, bc, warps, row_reduce = (int(v) for v in args.bwd.split(","))
-    cfg = (bs, bc, warps, bool(row_reduce))
+    bs, bc, warps, row_reduce, *stages = (int(v) for v in args.bwd.split(","))
+    cfg = (bs, bc, warps, bool(row_reduce), *stages)
     consts = dict(fn._bwd_consts(cfg, args.group_size), stride_xc=1, stride_gc=1, stride_dxc=1)
     sass = _sass(kernels.group_rational_bwd_kernel, consts, warps, args.dtype,
                  ("x_ptr", "go_ptr", "gx_ptr", "a_ptr", "b_ptr", "partial_ptr", "S", "CA", "C",

@@ -46,6 +46,29 @@ def test_backward_accumulator_schemes(row_reduce, shared, device, monkeypatch, f
     assert fn._TUNER.cache[key][3] == row_reduce
 
 
+@pytest.mark.parametrize("row_reduce", [False, True])
+@pytest.mark.parametrize("c,groups", [(200, 8), (512, 8)])  # per-column coefficients; UNIFORM
+def test_backward_pipelined_loads(c, groups, row_reduce, device, monkeypatch, fresh_plans):
+    """STAGES > 0 (loads pipelined by Triton through shared memory) walks the same tiles in the same
+    order as the register-prefetching loop: float64 agreement, and the same results as STAGES = 0
+    (bitwise in the interpreter; compiled, to 4 ulps: FMA contraction may differ)."""
+    bc = 64 if (c // groups) % 64 == 0 else 32
+    a, b = _coeffs(groups=groups, shared=False, device=device)
+    x = torch.randn(3, 53, c, device=device, dtype=torch.bfloat16)  # 159 rows: a tail tile
+    results = []
+    for cfg in ((8, bc, 4, row_reduce, 3), (8, bc, 4, row_reduce)):
+        monkeypatch.setattr(kernels, "BWD_CONFIGS", [cfg])
+        gr._PLANS.clear()
+        fn._TUNER.cache.clear()
+        assert fn._bwd_consts(cfg, c // groups)["STAGES"] == (cfg[4] if len(cfg) > 4 else 0)
+        results.append(_check("triton", x, a, b))
+    for u, v in zip(*results):
+        if device.type == "cpu":
+            assert torch.equal(u, v)
+        else:
+            torch.testing.assert_close(u, v, rtol=4 * torch.finfo(u.dtype).eps, atol=1e-6)
+
+
 @pytest.mark.parametrize("select,row_reduce", [(False, False), (True, True)])
 @pytest.mark.parametrize("c,groups,shared,channels_first,dtype", [
     (512, 8, True, False, torch.float32),    # group size 64: one 64-wide block per group
@@ -302,3 +325,51 @@ def test_coefficient_reduction_matches_a_float64_sum(rows, groups, gs, shared, s
         scale = partial.abs().double().sum().item() / groups
         assert (gnum.double() - want_num).abs().max() <= 1e-5 * scale
         assert (gden.double() - want_den).abs().max() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("n_regs,shared,warps,expected", [
+    (95, 0, 4, 5),         # 96 x 32 = 3072 registers a warp: 21 warps of 64K -> five 4-warp programs
+    (80, 0, 4, 6),         # 2560 a warp: 25 warps -> six
+    (32, 0, 4, 16),        # registers allow 64 warps; 2048 threads allow sixteen 128-thread programs
+    (255, 0, 4, 2),        # 256 x 32 = 8192 a warp: 8 warps -> two
+    (40, 100_000, 4, 2),   # shared memory: 233472 // (100000 + 1024 reserved) = 2
+    (16, 0, 1, 32),        # at most 32 programs per SM
+])
+def test_resident_programs(n_regs, shared, warps, expected):
+    """Programs per SM from the compiled kernel's resources (H200: 64K registers allocated per warp
+    in 256s, 2048 threads, 228 KiB shared memory with 1 KiB reserved per program, 32 programs)."""
+    assert fn._resident_programs(n_regs, shared, warps) == expected
+
+
+def test_backward_grid_is_one_wave_once_occupancy_is_known(monkeypatch):
+    """The split count fills the GPU exactly once (sms x resident programs over the column blocks),
+    never more splits than stream tiles; occupancy comes from the first compiled kernel."""
+    x = torch.zeros(1)  # on the CPU the SM count stands at 2
+    assert fn._num_splits(x, 1000, 4, 3, 4, resident=5) == 3      # (2 x 5) // 3
+    assert fn._num_splits(x, 8, 4, 1, 4, resident=5) == 2         # only two tiles
+    assert fn._num_splits(x, 1000, 4, 50, 4, resident=5) == 1     # more column blocks than slots
+    assert fn._num_splits(x, 1000, 4, 3, 4) == 6                  # unknown: ~32 warps per SM, ceil(16 / 3)
+
+    class Compiled:
+        n_regs = 95
+        metadata = type("M", (), {"shared": 0})()
+
+    props = type("P", (), {"max_threads_per_multi_processor": 2048, "shared_memory_per_multiprocessor": 233472})()
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    monkeypatch.setattr(fn, "_RESIDENT", {})
+    fn._learn_resident("k", Compiled(), 4, torch.device("cuda", 0))
+    fn._learn_resident("old", object(), 4, torch.device("cuda", 0))  # a compiled kernel that does not say
+    assert fn._RESIDENT == {"k": 5, "old": None}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="occupancy is read from kernels compiled for a GPU")
+def test_backward_grid_fills_one_wave_on_the_gpu(fresh_plans):
+    a, b = _coeffs(device="cuda")
+    x = torch.randn(64, 197, 192, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    kat.group_rational(x, a, b, impl="triton").sum().backward()
+    plan = next(p for p in gr._PLANS.values() if isinstance(p, fn.Plan))
+    known = [v for k, v in fn._RESIDENT.items() if k[1] == torch.bfloat16]
+    assert known and all(isinstance(v, int) and v >= 1 for v in known)
+    splits, blocks = plan.bwd.grid[:2]
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    assert splits * blocks <= sms * max(known)

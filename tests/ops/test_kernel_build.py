@@ -31,6 +31,9 @@ SCRIPT = textwrap.dedent('''
         cases += [(kernel, consts(first)), (kernel, consts(other)),
                   (kernel, consts(first, 3 * first[1]))]  # UNIFORM: scalar coefficients
         assert cases[-1][1]["UNIFORM"] and not cases[-3][1]["UNIFORM"]
+    # the backward with its loads pipelined through shared memory (STAGES > 0)
+    piped = next(c for c in kernels.BWD_CONFIGS if len(c) > 4 and c[4] > 0)
+    cases.append((kernels.group_rational_bwd_kernel, fn._bwd_consts(piped, 3 * piped[1])))
     # the coefficient reduction (fp32 only: it reads the backward's fp32 partial sums)
     red = fn._Reduction(None, 352, 8, 24, 6, 4, True, sms=132)
     reductions = [(kernels.coefficient_partials_kernel, red.partials.consts),
@@ -57,6 +60,19 @@ SCRIPT = textwrap.dedent('''
             # 1/Q as one approximate reciprocal, not div.full's range-checked sequence
             assert "rcp.approx.ftz.f32" in compiled.asm["ptx"], kernel.__name__
             print(kernel.__name__, dtype, constexprs, "ok")
+    # Specialised as a real call is (unit channel strides; 16-divisible pointers and row strides),
+    # the pipelined backward loads through asynchronous copies into shared memory
+    names = [p.name for p in kernels.group_rational_bwd_kernel.params]
+    aligned = ("x_ptr", "go_ptr", "gx_ptr", "S", "CA", "C", "stride_xs", "stride_gs", "stride_dxs")
+    for dtype in ("fp32", "bf16"):
+        constexprs = dict(fn._bwd_consts(piped, 3 * piped[1]), stride_xc=1, stride_gc=1, stride_dxc=1)
+        sig = kernels.compile_signature(kernels.group_rational_bwd_kernel, dtype)
+        sig.update({k: "constexpr" for k in constexprs})
+        src = ASTSource(fn=kernels.group_rational_bwd_kernel, signature=sig, constexprs=constexprs,
+                        attrs={(names.index(n),): [["tt.divisibility", 16]] for n in aligned})
+        ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+        assert "cp.async" in ptx, (dtype, constexprs)
+        print("pipelined backward", dtype, "ok")
 ''')
 
 
@@ -68,4 +84,4 @@ def test_kernels_compile_for_sm90():
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count(" ok") == 29, run.stdout
+    assert run.stdout.count(" ok") == 34, run.stdout

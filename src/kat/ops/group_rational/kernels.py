@@ -60,7 +60,12 @@ else:
                    (8, 128, 4, True), (16, 128, 4, True), (32, 128, 4, True), (8, 256, 4, True),
                    (16, 256, 4, True), (8, 256, 2, True), (16, 256, 8, True), (8, 512, 4, True),
                    (16, 64, 2, True), (32, 64, 2, True),
-                   (4, 32, 1, False), (8, 32, 2, False), (16, 32, 4, False)]  # 32 wide: see above
+                   (4, 32, 1, False), (8, 32, 2, False), (16, 32, 4, False),  # 32 wide: see above
+                   # fifth entry STAGES: loads pipelined through shared memory (not yet timed on a
+                   # GPU; sm_90 bf16 uniform: 80 registers against 95, ~56 instructions per element
+                   # against ~50, more bytes in flight per SM)
+                   (4, 128, 4, False, 3), (4, 128, 4, False, 4), (8, 64, 4, False, 3),
+                   (2, 128, 2, False, 3), (8, 32, 2, False, 3), (4, 32, 1, False, 4)]
 
 
 @triton.jit
@@ -249,12 +254,33 @@ def _accumulate(acc, v, ROW_REDUCE: tl.constexpr):
 
 
 @triton.jit
+def _tile_backward(x, go, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4,
+                   acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5, acc_b1, acc_b2, acc_b3, acc_b4,
+                   ROW_REDUCE: tl.constexpr):
+    """One tile of the backward: dL/dx, and the ten coefficient-gradient terms added to the
+    accumulators (denominator terms before sign(b), applied once at the end)."""
+    gx, r, f, ax, x2, x3, x4, x5 = _grad_terms(x, go, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4)
+    acc_a0 = _accumulate(acc_a0, r, ROW_REDUCE)
+    acc_a1 = _accumulate(acc_a1, r * x, ROW_REDUCE)
+    acc_a2 = _accumulate(acc_a2, r * x2, ROW_REDUCE)
+    acc_a3 = _accumulate(acc_a3, r * x3, ROW_REDUCE)
+    acc_a4 = _accumulate(acc_a4, r * x4, ROW_REDUCE)
+    acc_a5 = _accumulate(acc_a5, r * x5, ROW_REDUCE)
+    t = -r * f
+    acc_b1 = _accumulate(acc_b1, t * ax, ROW_REDUCE)
+    acc_b2 = _accumulate(acc_b2, t * x2, ROW_REDUCE)
+    acc_b3 = _accumulate(acc_b3, t * tl.abs(x3), ROW_REDUCE)
+    acc_b4 = _accumulate(acc_b4, t * x4, ROW_REDUCE)
+    return gx, acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5, acc_b1, acc_b2, acc_b3, acc_b4
+
+
+@triton.jit
 def group_rational_bwd_kernel(
     x_ptr, go_ptr, gx_ptr, a_ptr, b_ptr, partial_ptr,
     S, CA, C, GROUP_SIZE, a_group_stride, NUM_SPLITS,
     stride_xs, stride_xc, stride_gs, stride_gc, stride_dxs, stride_dxc,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ROW_REDUCE: tl.constexpr, ACC_ROWS: tl.constexpr,
-    UNIFORM: tl.constexpr,
+    UNIFORM: tl.constexpr, STAGES: tl.constexpr,
 ):
     pid_s = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -282,58 +308,64 @@ def group_rational_bwd_kernel(
     acc_b3 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
     acc_b4 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
 
-    # Software prefetch: loads run two tiles ahead of the arithmetic (tile i + 2P is requested
-    # while tile i is computed), so their latency overlaps it; against one tile ahead that costs a
-    # few registers per thread (sm_90, bf16, uniform: 90 -> 96) and doubles the bytes in flight per
-    # SM for a kernel that otherwise waits on memory latency. The pointer tiles advance by a fixed
-    # number of rows per iteration: one 64-bit add each instead of row x stride products.
     rows = tl.arange(0, BLOCK_S)
     num_tiles = tl.cdiv(S, BLOCK_S)
-    step_rows = NUM_SPLITS * BLOCK_S
-    s = pid_s * BLOCK_S + rows
-    mask = (s < S)[:, None] & mask_c[None, :]
-    s64 = s.to(tl.int64)[:, None]
-    x_ptrs = x_ptr + s64 * stride_xs + col_x
-    go_ptrs = go_ptr + s64 * stride_gs + col_g
-    gx_ptrs = gx_ptr + s64 * stride_dxs + col_d
-    step = step_rows.to(tl.int64)
-    step_x = step * stride_xs
-    step_g = step * stride_gs
-    step_d = step * stride_dxs
-    x_next = tl.load(x_ptrs, mask=mask, other=0.0)
-    go_next = tl.load(go_ptrs, mask=mask, other=0.0)
-    s_ahead = s + step_rows
-    mask_ahead = (s_ahead < S)[:, None] & mask_c[None, :]
-    x_ptrs += step_x
-    go_ptrs += step_g
-    x_ahead = tl.load(x_ptrs, mask=mask_ahead, other=0.0)
-    go_ahead = tl.load(go_ptrs, mask=mask_ahead, other=0.0)
-    for tile in range(pid_s, num_tiles, NUM_SPLITS):
-        x = x_next.to(tl.float32)
-        go = go_next.to(tl.float32)
-        mask_here = mask
-        x_next, go_next, mask = x_ahead, go_ahead, mask_ahead
-        s_ahead += step_rows
+    if STAGES > 0:
+        # Triton's software pipeliner: on sm_80+ the loads of the next STAGES - 1 tiles are issued
+        # as asynchronous copies into shared memory while this tile is computed, so the bytes in
+        # flight grow with STAGES without holding them in registers (the manual prefetch below
+        # holds two tiles in registers). The interpreter ignores num_stages.
+        for tile in tl.range(pid_s, num_tiles, NUM_SPLITS, num_stages=STAGES):
+            s = tile * BLOCK_S + rows
+            mask = (s < S)[:, None] & mask_c[None, :]
+            s64 = s.to(tl.int64)[:, None]
+            x = tl.load(x_ptr + s64 * stride_xs + col_x, mask=mask, other=0.0).to(tl.float32)
+            go = tl.load(go_ptr + s64 * stride_gs + col_g, mask=mask, other=0.0).to(tl.float32)
+            gx, acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5, acc_b1, acc_b2, acc_b3, acc_b4 = _tile_backward(
+                x, go, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4,
+                acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5, acc_b1, acc_b2, acc_b3, acc_b4, ROW_REDUCE)
+            tl.store(gx_ptr + s64 * stride_dxs + col_d, gx.to(gx_ptr.dtype.element_ty), mask=mask)
+    else:
+        # Software prefetch: loads run two tiles ahead of the arithmetic (tile i + 2P is requested
+        # while tile i is computed), so their latency overlaps it; against one tile ahead that costs
+        # a few registers per thread (sm_90, bf16, uniform: 90 -> 96) and doubles the bytes in flight
+        # per SM for a kernel that otherwise waits on memory latency. The pointer tiles advance by a
+        # fixed number of rows per iteration: one 64-bit add each instead of row x stride products.
+        step_rows = NUM_SPLITS * BLOCK_S
+        s = pid_s * BLOCK_S + rows
+        mask = (s < S)[:, None] & mask_c[None, :]
+        s64 = s.to(tl.int64)[:, None]
+        x_ptrs = x_ptr + s64 * stride_xs + col_x
+        go_ptrs = go_ptr + s64 * stride_gs + col_g
+        gx_ptrs = gx_ptr + s64 * stride_dxs + col_d
+        step = step_rows.to(tl.int64)
+        step_x = step * stride_xs
+        step_g = step * stride_gs
+        step_d = step * stride_dxs
+        x_next = tl.load(x_ptrs, mask=mask, other=0.0)
+        go_next = tl.load(go_ptrs, mask=mask, other=0.0)
+        s_ahead = s + step_rows
         mask_ahead = (s_ahead < S)[:, None] & mask_c[None, :]
         x_ptrs += step_x
         go_ptrs += step_g
         x_ahead = tl.load(x_ptrs, mask=mask_ahead, other=0.0)
         go_ahead = tl.load(go_ptrs, mask=mask_ahead, other=0.0)
-
-        gx, r, f, ax, x2, x3, x4, x5 = _grad_terms(x, go, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4)
-        tl.store(gx_ptrs, gx.to(gx_ptr.dtype.element_ty), mask=mask_here)
-        gx_ptrs += step_d
-        acc_a0 = _accumulate(acc_a0, r, ROW_REDUCE)
-        acc_a1 = _accumulate(acc_a1, r * x, ROW_REDUCE)
-        acc_a2 = _accumulate(acc_a2, r * x2, ROW_REDUCE)
-        acc_a3 = _accumulate(acc_a3, r * x3, ROW_REDUCE)
-        acc_a4 = _accumulate(acc_a4, r * x4, ROW_REDUCE)
-        acc_a5 = _accumulate(acc_a5, r * x5, ROW_REDUCE)
-        t = -r * f
-        acc_b1 = _accumulate(acc_b1, t * ax, ROW_REDUCE)
-        acc_b2 = _accumulate(acc_b2, t * x2, ROW_REDUCE)
-        acc_b3 = _accumulate(acc_b3, t * tl.abs(x3), ROW_REDUCE)
-        acc_b4 = _accumulate(acc_b4, t * x4, ROW_REDUCE)
+        for tile in range(pid_s, num_tiles, NUM_SPLITS):
+            x = x_next.to(tl.float32)
+            go = go_next.to(tl.float32)
+            mask_here = mask
+            x_next, go_next, mask = x_ahead, go_ahead, mask_ahead
+            s_ahead += step_rows
+            mask_ahead = (s_ahead < S)[:, None] & mask_c[None, :]
+            x_ptrs += step_x
+            go_ptrs += step_g
+            x_ahead = tl.load(x_ptrs, mask=mask_ahead, other=0.0)
+            go_ahead = tl.load(go_ptrs, mask=mask_ahead, other=0.0)
+            gx, acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5, acc_b1, acc_b2, acc_b3, acc_b4 = _tile_backward(
+                x, go, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4,
+                acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5, acc_b1, acc_b2, acc_b3, acc_b4, ROW_REDUCE)
+            tl.store(gx_ptrs, gx.to(gx_ptr.dtype.element_ty), mask=mask_here)
+            gx_ptrs += step_d
 
     out = partial_ptr + (pid_s.to(tl.int64) * CA + ca.to(tl.int64)) * 10
     tl.store(out + 0, tl.sum(acc_a0, axis=0), mask=mask_c)
