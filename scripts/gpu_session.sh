@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The next GPU session's calls on one H200, results in $OUT. Carry .data/golden (the golden tests
 # look there): device tool `run` with carry [".data/golden"].
-#   STAGE=check  bash scripts/gpu_session.sh   (~4 min) op tests on the real kernels (changed since
-#                the last GPU run: rcp.approx for 1/Q, pointer increments in the backward loop, the
-#                forward's tile-wide overflow test), host time per call, op bench with CUDA graphs
+#   STAGE=check  bash scripts/gpu_session.sh   (~5 min) op tests on the real kernels (changed since
+#                the last GPU run: backward loads pipelined through shared memory (STAGES configs),
+#                backward grid of one wave from the compiled kernel's occupancy), host time per
+#                call, op bench with CUDA graphs (bf16 first: #2's targets), one quick model pair.
+#                Tuning choices go to $OUT/tuning.json (which configs won).
 #   STAGE=models bash scripts/gpu_session.sh   (~8 min) KAT vs ViT eager, plain and with norm2+act1
 #                fused (--fuse-norm-act1)
 #   STAGE=compile bash scripts/gpu_session.sh  (~8 min) both sides compiled, modes default and
@@ -19,7 +21,9 @@ check)
     tests/ops/test_group_rational.py tests/ops/test_fuzz.py tests/test_norm_act1.py --tb=short 2>&1 | tail -60 \
     | tee "$OUT/pytest.txt"
   timeout 90 python3 scripts/host_overhead.py --json "$OUT/host.json" 2>&1 | tee "$OUT/host.txt"
-  timeout 200 python3 -m kat.cli.bench op --providers kat --cuda-graphs --json "$OUT/op.json" 2>&1 | tee "$OUT/op.txt"
+  export KAT_TUNE_CACHE=$OUT/tuning.json
+  timeout 150 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs --json "$OUT/op_bf16.json" 2>&1 | tee "$OUT/op_bf16.txt"
+  timeout 150 python3 -m kat.cli.bench op --providers kat --dtypes fp32 --cuda-graphs --json "$OUT/op_fp32.json" 2>&1 | tee "$OUT/op_fp32.txt"
   # the model benchmark's interleaved path once, small, before a whole call is spent on it
   timeout 120 python3 -m kat.cli.bench model --sizes tiny --iters 3 --repeats 2 --warmup 2 2>&1 \
     | grep -E "^tiny|Error" | tee "$OUT/model_quick.txt"
