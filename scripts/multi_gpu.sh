@@ -5,6 +5,7 @@
 #   NGPU=2 REPEAT=2 bash scripts/multi_gpu.sh   (logs and result.json files packed into $OUT)
 #   EXTRA=--synthetic-on-device ...             (batches indexed on the GPU: no host data pipeline)
 #   EXTRA="--synthetic-on-device --ddp-static-graph --ddp-bucket-mb 100" INDEPENDENT=1 ...
+#   LAST_GPU=1 ...                              (the 1-GPU run also on the last GPU, per pair)
 set -uo pipefail
 OUT=${OUT:-multi_gpu_out}; mkdir -p "$OUT"
 NGPU=${NGPU:-2}; STEPS=${STEPS:-150}; W=${WORK:-/tmp/multi_gpu}; rm -rf "$W"; mkdir -p "$W"
@@ -29,9 +30,11 @@ timeout 120 python3 -m torch.distributed.run --standalone --nproc_per_node="$NGP
   --json "$W/allreduce.json" > "$W/allreduce.log" 2>&1; grep -E "ranks|ms," "$W/allreduce.log" | tee "$OUT/allreduce.txt"
 # REPEAT pairs, 1 GPU and N GPUs alternately: the VM's host speed drifts between machines and runs,
 # and both models are partly host-bound, so each pair is compared within itself
+# (LAST_GPU=1: each pair also times one GPU alone on the last GPU, in case the GPUs differ)
 for r in $(seq 1 "${REPEAT:-1}"); do
   run gpu1_b128_r$r 1 128 2
   run gpu${NGPU}_b128_r$r "$NGPU" 128 2
+  if [ "${LAST_GPU:-0}" = 1 ]; then CUDA_VISIBLE_DEVICES=$((NGPU - 1)) run gpu1last_b128_r$r 1 128 2; fi
 done
 run gpu1_b$((128 * NGPU)) 1 $((128 * NGPU)) 1 --max-steps 2
 # INDEPENDENT=1: NGPU single-GPU runs at once, one per GPU, no communication. If each is as slow as
@@ -56,6 +59,9 @@ for r in range(1, reps + 1):
     for key in ("steady_img_per_s", "last_epoch_img_per_s"):
         print(f"pair {r} {key}: 1 GPU {one[key]:.0f}, {n} GPUs {many[key]:.0f}, "
               f"efficiency {many[key] / (n * one[key]):.3f}")
+    if os.path.exists(f"{w}/gpu1last_b128_r{r}/result.json"):
+        last = load(f"gpu1last_b128_r{r}")["steady_img_per_s"]
+        print(f"pair {r}: 1 GPU alone on the last GPU {last:.0f} img/s (GPU 0: {one['steady_img_per_s']:.0f})")
 if os.path.isdir(f"{w}/indep0") and all(os.path.exists(f"{w}/indep{g}/result.json") for g in range(n)):
     rates = [load(f"indep{g}")["steady_img_per_s"] for g in range(n)]
     one = load("gpu1_b128_r1")["steady_img_per_s"]
