@@ -14,7 +14,9 @@ Lower orders run here by zero-padding the coefficients on the host (a zero numer
 nothing to P, a zero denominator term adds nothing to Q).
 
 The backward kernel is persistent along the stream axis: program (p, k) walks stream tiles
-p, p + P, p + 2P, ... of channel block k (loading tile i + 2P while computing tile i), accumulates
+p, p + P, p + 2P, ... of channel block k (loading tile i + 2P while computing tile i, or, in the
+STAGES configs, letting Triton's pipeliner stream the tiles through shared memory; P is chosen on
+the host so that all programs fit on the GPU at once, from the compiled kernel's registers), accumulates
 the ten coefficient-gradient terms in fp32 registers and writes one partial per channel-axis
 element to ``partial[p, ca, :]`` (denominator terms already multiplied by sign(b)). Two small
 kernels at the end of this file sum the partials per group in a fixed order (fixed grid and tiles
