@@ -46,22 +46,26 @@ def test_backward_accumulator_schemes(row_reduce, shared, device, monkeypatch, f
     assert fn._TUNER.cache[key][3] == row_reduce
 
 
-@pytest.mark.parametrize("row_reduce", [False, True])
+@pytest.mark.parametrize("row_reduce,channels_first,dtype", [
+    (False, False, torch.bfloat16), (True, False, torch.bfloat16), (False, True, torch.float32)])
 @pytest.mark.parametrize("c,groups", [(200, 8), (512, 8)])  # per-column coefficients; UNIFORM
-def test_backward_pipelined_loads(c, groups, row_reduce, device, monkeypatch, fresh_plans):
+def test_backward_pipelined_loads(c, groups, row_reduce, channels_first, dtype, device, monkeypatch,
+                                  fresh_plans):
     """STAGES > 0 (loads pipelined by Triton through shared memory) walks the same tiles in the same
     order as the register-prefetching loop: float64 agreement, and the same results as STAGES = 0
     (bitwise in the interpreter; compiled, to 4 ulps: FMA contraction may differ)."""
     bc = 64 if (c // groups) % 64 == 0 else 32
     a, b = _coeffs(groups=groups, shared=False, device=device)
-    x = torch.randn(3, 53, c, device=device, dtype=torch.bfloat16)  # 159 rows: a tail tile
+    # 159 rows: a tail tile; channels-first (B, C, L): the stream axis is L, contiguous
+    x = torch.randn(3, c, 53, device=device, dtype=dtype) if channels_first else \
+        torch.randn(3, 53, c, device=device, dtype=dtype)
     results = []
     for cfg in ((8, bc, 4, row_reduce, 3), (8, bc, 4, row_reduce)):
         monkeypatch.setattr(kernels, "BWD_CONFIGS", [cfg])
         gr._PLANS.clear()
         fn._TUNER.cache.clear()
         assert fn._bwd_consts(cfg, c // groups)["STAGES"] == (cfg[4] if len(cfg) > 4 else 0)
-        results.append(_check("triton", x, a, b))
+        results.append(_check("triton", x, a, b, channel_dim=1) if channels_first else _check("triton", x, a, b))
     for u, v in zip(*results):
         if device.type == "cpu":
             assert torch.equal(u, v)
