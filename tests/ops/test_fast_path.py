@@ -367,7 +367,8 @@ def test_backward_grid_is_one_wave_once_occupancy_is_known(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="occupancy is read from kernels compiled for a GPU")
-def test_backward_grid_fills_one_wave_on_the_gpu(fresh_plans):
+def test_backward_grid_fills_one_wave_on_the_gpu(fresh_plans, monkeypatch):
+    monkeypatch.setattr(fn, "_ONE_WAVE", True)  # the default; KAT_ONE_WAVE=0 turns it off
     a, b = _coeffs(device="cuda")
     x = torch.randn(64, 197, 192, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     kat.group_rational(x, a, b, impl="triton").sum().backward()

@@ -33,6 +33,9 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _AUTOTUNE = os.environ.get("KAT_AUTOTUNE", "1") != "0"
 # KAT_UNIFORM=0 keeps the per-column coefficient loads even where a block lies in one group (A/B).
 _UNIFORM_ON = os.environ.get("KAT_UNIFORM", "1") != "0"
+# KAT_ONE_WAVE=0 sizes the backward's grid by the ~32-warps-per-SM guess instead of one full wave
+# from the compiled kernel's occupancy (A/B).
+_ONE_WAVE = os.environ.get("KAT_ONE_WAVE", "1") != "0"
 
 
 def triton_available() -> bool:
@@ -291,7 +294,7 @@ def _bwd_grid(x: torch.Tensor, s: int, ca: int, cfg, group_size: int = 0) -> tup
     """(splits, column blocks) for the backward at this config: one wave of the programs that fit
     on the GPU at once where that is known (see _launch_bwd), else the ~32-warps-per-SM guess."""
     blocks = _cdiv(ca, cfg[1])
-    resident = _RESIDENT.get(_resident_key(x, cfg, group_size)) if x.device.type == "cuda" else None
+    resident = _RESIDENT.get(_resident_key(x, cfg, group_size)) if x.device.type == "cuda" and _ONE_WAVE else None
     return (_num_splits(x, s, cfg[0], blocks, cfg[2], resident), blocks)
 
 
@@ -308,7 +311,7 @@ def _launch_bwd(x2, g2, gx2, a, b, a_stride, c, groups, cfg) -> torch.Tensor:
     kernels = _kernels()
     s, ca = x2.shape
     key = _resident_key(x2, cfg, c // groups)
-    passes = 2 if x2.is_cuda and key not in _RESIDENT else 1
+    passes = 2 if x2.is_cuda and _ONE_WAVE and key not in _RESIDENT else 1
     for _ in range(passes):
         # First use of this compiled kernel on a GPU: one launch at the guessed grid compiles it and
         # tells its registers and shared memory; the launch that counts then runs at the grid of
@@ -319,7 +322,7 @@ def _launch_bwd(x2, g2, gx2, a, b, a_stride, c, groups, cfg) -> torch.Tensor:
         compiled = kernels.group_rational_bwd_kernel[grid](
             x2, g2, gx2, a, b, partial, s, ca, c, c // groups, a_stride, grid[0],
             *x2.stride(), *g2.stride(), *gx2.stride(), **_bwd_consts(cfg, c // groups), num_warps=cfg[2])
-        if key not in _RESIDENT and x2.is_cuda:
+        if x2.is_cuda and _ONE_WAVE and key not in _RESIDENT:
             _learn_resident(key, compiled, cfg[2], x2.device)
     return partial
 
@@ -493,7 +496,7 @@ class Plan:
             bcfg = _TUNER.pick(("bwd", x.device, x.dtype, s, c, c, groups), kernels.BWD_CONFIGS,
                                lambda cfg: _launch_bwd(x2, go2, y2, a, b, self.a_stride, c, groups, cfg))
         self.fwd = _Launch(kernels.group_rational_fwd_kernel, _fwd_grid(s, c, fcfg), _fwd_consts(fcfg, gs), fcfg[2], 4)
-        if x.is_cuda and _resident_key(x, bcfg, gs) not in _RESIDENT:  # a config from the tuning file
+        if x.is_cuda and _ONE_WAVE and _resident_key(x, bcfg, gs) not in _RESIDENT:  # config from the tuning file
             with _launch_guard(x):
                 _launch_bwd(x2, go2, y2, a, b, self.a_stride, c, groups, bcfg)
         grid = _bwd_grid(x, s, c, bcfg, gs)
