@@ -22,7 +22,7 @@ check)
     | tee "$OUT/pytest.txt"
   timeout 90 python3 scripts/host_overhead.py --json "$OUT/host.json" 2>&1 | tee "$OUT/host.txt"
   export KAT_TUNE_CACHE=$OUT/tuning.json
-  timeout 150 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs --json "$OUT/op_bf16.json" 2>&1 | tee "$OUT/op_bf16.txt"
+  timeout 200 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs --json "$OUT/op_bf16.json" 2>&1 | tee "$OUT/op_bf16.txt"
   # A/B of the backward's one-wave grid: the same configs (read from the tuning file), old grid
   KAT_ONE_WAVE=0 timeout 100 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs \
     --json "$OUT/op_bf16_guessgrid.json" 2>&1 | tail -3 | tee "$OUT/op_bf16_guessgrid.txt"
