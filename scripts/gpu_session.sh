@@ -20,16 +20,17 @@ check)
   KAT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/ops/test_fast_path.py \
     tests/ops/test_group_rational.py tests/ops/test_fuzz.py tests/test_norm_act1.py --tb=short 2>&1 | tail -60 \
     | tee "$OUT/pytest.txt"
-  timeout 90 python3 scripts/host_overhead.py --json "$OUT/host.json" 2>&1 | tee "$OUT/host.txt"
+  # most important first: the call limit (600 s) may cut the tail; every step writes to $OUT as it goes
   export KAT_TUNE_CACHE=$OUT/tuning.json
   timeout 200 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs --json "$OUT/op_bf16.json" 2>&1 | tee "$OUT/op_bf16.txt"
   # A/B of the backward's one-wave grid: the same configs (read from the tuning file), old grid
   KAT_ONE_WAVE=0 timeout 100 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs \
     --json "$OUT/op_bf16_guessgrid.json" 2>&1 | tail -3 | tee "$OUT/op_bf16_guessgrid.txt"
-  timeout 150 python3 -m kat.cli.bench op --providers kat --dtypes fp32 --cuda-graphs --json "$OUT/op_fp32.json" 2>&1 | tee "$OUT/op_fp32.txt"
+  timeout 60 python3 scripts/host_overhead.py --json "$OUT/host.json" 2>&1 | tee "$OUT/host.txt"
   # the model benchmark's interleaved path once, small, before a whole call is spent on it
   timeout 120 python3 -m kat.cli.bench model --sizes tiny --iters 3 --repeats 2 --warmup 2 2>&1 \
     | grep -E "^tiny|Error" | tee "$OUT/model_quick.txt"
+  timeout 150 python3 -m kat.cli.bench op --providers kat --dtypes fp32 --cuda-graphs --json "$OUT/op_fp32.json" 2>&1 | tee "$OUT/op_fp32.txt"
   ;;
 models)
   for extra in "" "--fuse-norm-act1"; do
