@@ -378,3 +378,32 @@ def test_backward_grid_fills_one_wave_on_the_gpu(fresh_plans, monkeypatch):
     splits, blocks = plan.bwd.grid[:2]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     assert splits * blocks <= sms * max(known)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_first_backward_inside_a_cuda_graph_launches_once(fresh_plans, monkeypatch):
+    """A config's first use while a CUDA graph is being captured does not add the occupancy-learning
+    launch (the graph would replay it every time): the general path's backward (channels-first, no
+    plan) captures exactly one backward kernel, at the guessed grid, and replays correctly."""
+    a, b = _coeffs(device="cuda")
+    x = torch.randn(4, 192, 50, device="cuda")
+    go = torch.randn_like(x)
+    monkeypatch.setattr(fn, "_ONE_WAVE", False)
+    fn._backward(go, x, a, b, 1)  # compiles and loads the kernels outside the capture, learns nothing
+    torch.cuda.synchronize()
+    monkeypatch.setattr(fn, "_ONE_WAVE", True)
+    monkeypatch.setattr(fn, "_RESIDENT", {})
+    launches = []
+    real = kernels.group_rational_bwd_kernel.run
+    monkeypatch.setattr(kernels.group_rational_bwd_kernel, "run",
+                        lambda *args, **kw: launches.append(kw.get("grid")) or real(*args, **kw))
+    stream = torch.cuda.Stream()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        gx, ga, gb = fn._backward(go, x, a, b, 1)
+    assert len(launches) == 1 and not fn._RESIDENT
+    graph.replay()
+    torch.cuda.synchronize()
+    want = formula64(x, a, b, go, 1)
+    assert rel_err(gx, want[1]) <= 1e-5
+    assert rel_err(ga, want[2]) <= 1e-4 and rel_err(gb, want[3]) <= 1e-4

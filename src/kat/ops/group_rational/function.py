@@ -311,7 +311,8 @@ def _launch_bwd(x2, g2, gx2, a, b, a_stride, c, groups, cfg) -> torch.Tensor:
     kernels = _kernels()
     s, ca = x2.shape
     key = _resident_key(x2, cfg, c // groups)
-    passes = 2 if x2.is_cuda and _ONE_WAVE and key not in _RESIDENT else 1
+    learn = x2.is_cuda and _ONE_WAVE and key not in _RESIDENT and not torch.cuda.is_current_stream_capturing()
+    passes = 2 if learn else 1  # (not while a CUDA graph is captured: the graph would keep both)
     for _ in range(passes):
         # First use of this compiled kernel on a GPU: one launch at the guessed grid compiles it and
         # tells its registers and shared memory; the launch that counts then runs at the grid of
@@ -322,7 +323,7 @@ def _launch_bwd(x2, g2, gx2, a, b, a_stride, c, groups, cfg) -> torch.Tensor:
         compiled = kernels.group_rational_bwd_kernel[grid](
             x2, g2, gx2, a, b, partial, s, ca, c, c // groups, a_stride, grid[0],
             *x2.stride(), *g2.stride(), *gx2.stride(), **_bwd_consts(cfg, c // groups), num_warps=cfg[2])
-        if x2.is_cuda and _ONE_WAVE and key not in _RESIDENT:
+        if learn and key not in _RESIDENT:
             _learn_resident(key, compiled, cfg[2], x2.device)
     return partial
 
@@ -496,7 +497,8 @@ class Plan:
             bcfg = _TUNER.pick(("bwd", x.device, x.dtype, s, c, c, groups), kernels.BWD_CONFIGS,
                                lambda cfg: _launch_bwd(x2, go2, y2, a, b, self.a_stride, c, groups, cfg))
         self.fwd = _Launch(kernels.group_rational_fwd_kernel, _fwd_grid(s, c, fcfg), _fwd_consts(fcfg, gs), fcfg[2], 4)
-        if x.is_cuda and _ONE_WAVE and _resident_key(x, bcfg, gs) not in _RESIDENT:  # config from the tuning file
+        if x.is_cuda and _ONE_WAVE and _resident_key(x, bcfg, gs) not in _RESIDENT \
+                and not torch.cuda.is_current_stream_capturing():  # a config from the tuning file
             with _launch_guard(x):
                 _launch_bwd(x2, go2, y2, a, b, self.a_stride, c, groups, bcfg)
         grid = _bwd_grid(x, s, c, bcfg, gs)
