@@ -4,6 +4,8 @@ step `kat-bench model` times):
 
 - eager ms/step against the same step replayed from a CUDA graph (the GPU's own time): their
   difference is what the host adds when it cannot keep the GPU fed;
+- host-device synchronisations per step (PyTorch's sync debug mode) and how kat's kernels were
+  launched (directly or through Triton's JIT path), over a few warm steps;
 - torch.profiler tables of each model's step sorted by host (self CPU) time, so the KAT-minus-ViT
   host time can be attributed to operators (the rational's Function, launches, reductions, ...),
   and by GPU time, so the GPU-side difference can be attributed to kernels.
@@ -17,6 +19,43 @@ import json
 from pathlib import Path
 
 import torch
+
+
+def _step_checks(step, steps: int = 3) -> dict:
+    """Over a few warm eager steps: host-device synchronisations PyTorch reports (sync debug mode;
+    one per step would serialise host and GPU time), and how the kernels of kat's launchers went
+    out: directly through the compiled binary, or through Triton's per-call JIT path (slower on
+    the host; expected only on a kernel's first call)."""
+    import collections
+    import warnings
+
+    from kat.ops.group_rational import function as fn
+    launches = collections.Counter()
+    real_call = fn._Launch.__call__
+
+    def counting(self, *a):
+        kind = "direct" if self.compiled is not None else "triton-jit"
+        launches[f"{getattr(self.kernel, '__name__', '?')} {kind}"] += 1
+        return real_call(self, *a)
+
+    fn._Launch.__call__ = counting
+    torch.cuda.synchronize()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                for _ in range(steps):
+                    step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+    finally:
+        fn._Launch.__call__ = real_call
+    syncs = collections.Counter(str(w.message).splitlines()[0][:100] for w in caught
+                                if "synchroniz" in str(w.message).lower())
+    return {"syncs_per_step": sum(syncs.values()) / steps, "sync_messages": dict(syncs),
+            "kat_launches_per_step": {k: v / steps for k, v in sorted(launches.items())}}
 
 
 def main():
@@ -51,6 +90,8 @@ def main():
             opt.zero_grad(set_to_none=False)
 
         eager = _time_loop(step, args.steps, 5)
+        summary[name + "_checks"] = _step_checks(step)
+        print(f"{name}: {summary[name + '_checks']}")
         from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(5):
