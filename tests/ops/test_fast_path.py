@@ -10,6 +10,7 @@ import torch
 import kat
 from kat.ops.group_rational import function as fn
 from kat.ops.group_rational import kernels
+from kat.ops.group_rational import launch as launching
 from tests.helpers import formula64, rel_err
 from tests.ops.test_group_rational import _check, _coeffs
 
@@ -206,7 +207,7 @@ def test_autocast_keeps_input_dtype(device, fresh_plans):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="direct launches exist on CUDA only")
 def test_direct_launch_is_used_and_exact(fresh_plans, monkeypatch):
-    monkeypatch.setattr(fn, "_DIRECT", True)  # on by default; KAT_DIRECT_LAUNCH=0 turns it off
+    monkeypatch.setattr(launching, "_DIRECT", True)  # on by default; KAT_DIRECT_LAUNCH=0 turns it off
     a, b = _coeffs(device="cuda")
     x = torch.randn(8, 197, 192, device="cuda", dtype=torch.bfloat16)
     go = torch.randn_like(x)
@@ -225,8 +226,8 @@ def test_direct_launch_is_used_and_exact(fresh_plans, monkeypatch):
 def test_direct_launch_falls_back_when_the_launcher_rejects_the_call(monkeypatch):
     """A Triton whose launcher takes other arguments raises TypeError before launching: that launch
     and every later one go through Triton's own path, and direct launches are off for the process."""
-    monkeypatch.setattr(fn, "_DIRECT", True)
-    monkeypatch.setattr(fn, "_launch_hooks_set", lambda: False)
+    monkeypatch.setattr(launching, "_DIRECT", True)
+    monkeypatch.setattr(launching, "_launch_hooks_set", lambda: False)
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 0, raising=False)
     jit_calls = []
 
@@ -240,11 +241,11 @@ def test_direct_launch_falls_back_when_the_launcher_rejects_the_call(monkeypatch
         def run(self, *args):
             raise TypeError("launcher() takes 12 positional arguments")
 
-    launch = fn._Launch(Kernel(), (3, 2), {"BLOCK_S": 8}, 4, n_ptr=1)
+    launch = launching._Launch(Kernel(), (3, 2), {"BLOCK_S": 8}, 4, n_ptr=1)
     launch.compiled = Rejecting()
     x = torch.zeros(16)
     launch(x, 5)
-    assert fn._DIRECT is False and launch.compiled is None
+    assert launching._DIRECT is False and launch.compiled is None
     assert jit_calls == [((3, 2, 1), (x, 5), {"BLOCK_S": 8, "num_warps": 4})]
     launch(x, 5)  # stays on Triton's path
     assert len(jit_calls) == 2 and launch.compiled is None
@@ -255,8 +256,8 @@ def test_direct_launch_passes_all_three_grid_dimensions(monkeypatch, grid, expec
     """The launcher takes (gx, gy, gz): a 1-D grid, as the coefficient reduction's final program and
     the fused LayerNorm kernels use, launches as (n, 1, 1). (On the H200 a 1-D grid once raised
     IndexError here, which the CPU tests could not see.)"""
-    monkeypatch.setattr(fn, "_DIRECT", True)
-    monkeypatch.setattr(fn, "_launch_hooks_set", lambda: False)
+    monkeypatch.setattr(launching, "_DIRECT", True)
+    monkeypatch.setattr(launching, "_launch_hooks_set", lambda: False)
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 0, raising=False)
     launched = []
 
@@ -266,7 +267,7 @@ def test_direct_launch_passes_all_three_grid_dimensions(monkeypatch, grid, expec
         def run(self, gx, gy, gz, stream, *rest):
             launched.append(((gx, gy, gz), rest[5:]))
 
-    launch = fn._Launch(None, grid, {"BLOCK": 16}, 4, n_ptr=1)
+    launch = launching._Launch(None, grid, {"BLOCK": 16}, 4, n_ptr=1)
     launch.compiled = Compiled()
     x = torch.zeros(16)
     launch(x, 5)
@@ -276,7 +277,7 @@ def test_direct_launch_passes_all_three_grid_dimensions(monkeypatch, grid, expec
 def test_launch_grid_of_no_or_four_dimensions_is_refused():
     for grid in ((), (1, 2, 3, 4)):
         with pytest.raises(ValueError, match="1 to 3 dimensions"):
-            fn._Launch(None, grid, {}, 4, n_ptr=1)
+            launching._Launch(None, grid, {}, 4, n_ptr=1)
 
 
 def test_launch_hooks_disable_direct_launches():
@@ -286,17 +287,17 @@ def test_launch_hooks_disable_direct_launches():
     chain = knobs.runtime.launch_enter_hook
     if not hasattr(chain, "add"):
         pytest.skip("this Triton keeps launch hooks as plain attributes")
-    assert not fn._launch_hooks_set()
+    assert not launching._launch_hooks_set()
 
     def hook(metadata):
         pass
 
     chain.add(hook)
     try:
-        assert fn._launch_hooks_set()
+        assert launching._launch_hooks_set()
     finally:
         chain.remove(hook)
-    assert not fn._launch_hooks_set()
+    assert not launching._launch_hooks_set()
 
 
 @pytest.mark.parametrize("rows,groups,gs,shared,sms", [

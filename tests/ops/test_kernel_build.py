@@ -44,7 +44,8 @@ SCRIPT = textwrap.dedent('''
         assert len(triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["cubin"]) > 1000
         print(kernel.__name__, constexprs, "ok")
     # LayerNorm + rational, forward and backward, KAT-S/B widths
-    for kernel, rows in ((kernels.layernorm_rational_fwd_kernel, 4096), (kernels.layernorm_rational_bwd_kernel, 2048)):
+    from kat.ops.group_rational import layernorm_kernels as lnk
+    for kernel, rows in ((lnk.layernorm_rational_fwd_kernel, 4096), (lnk.layernorm_rational_bwd_kernel, 2048)):
         for block_c in (512, 1024):
             for dtype in ("fp32", "bf16"):
                 sig = kernels.compile_signature(kernel, dtype)

@@ -3,12 +3,12 @@
 ``torch.ops.kat.group_rational_fwd`` / ``group_rational_bwd`` wrap the Triton launchers as opaque
 custom ops with fake (meta) implementations, so ``torch.compile(fullgraph=True)`` traces through
 them; ``GroupRationalFunction`` ties them together for autograd. The kernels are imported lazily so
-that ``import kat`` never imports Triton. ``TRITON_INTERPRET``, ``KAT_AUTOTUNE`` and ``KAT_UNIFORM`` are
-read when this module is imported (``import kat``): set them before that.
+that ``import kat`` never imports Triton. ``KAT_AUTOTUNE``, ``KAT_UNIFORM`` and ``KAT_ONE_WAVE`` (and, in
+``launch.py``, ``TRITON_INTERPRET`` and ``KAT_DIRECT_LAUNCH``) are read when this module is imported
+(``import kat``): set them before that.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 import math
@@ -16,6 +16,7 @@ import os
 
 import torch
 
+from .launch import _INTERPRET, _Launch, _launch_guard
 from .tuning import Tuner
 
 __all__ = ["GroupRationalFunction", "Plan", "triton_available", "triton_supports", "MAX_ORDER"]
@@ -27,7 +28,6 @@ _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Read once at import (plain globals keep torch.compile's tracing free of imports and env lookups).
 # Triton itself decides between compiling and interpreting when the kernels module is imported.
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # KAT_AUTOTUNE=0 skips timing the kernel configs (each new shape then uses the first config);
 # tests set it, since timing ~26 configs per new test shape dominates a GPU test run.
 _AUTOTUNE = os.environ.get("KAT_AUTOTUNE", "1") != "0"
@@ -153,6 +153,12 @@ def _resident_key(x: torch.Tensor, cfg, group_size: int) -> tuple:
     return (x.device, x.dtype, tuple(cfg), _uniform(cfg[1], group_size))
 
 
+def _should_learn(x: torch.Tensor, key) -> bool:
+    """A backward config whose occupancy is still unknown, on a GPU, outside a CUDA graph capture
+    (the graph would keep the extra learning launch and replay it every time)."""
+    return x.is_cuda and _ONE_WAVE and key not in _RESIDENT and not torch.cuda.is_current_stream_capturing()
+
+
 def _learn_resident(key, compiled, warps: int, device: torch.device) -> None:
     n_regs = getattr(compiled, "n_regs", None)
     shared = getattr(getattr(compiled, "metadata", None), "shared", None)
@@ -169,88 +175,9 @@ def _learn_resident(key, compiled, warps: int, device: torch.device) -> None:
 _TUNER = Tuner(autotune=_AUTOTUNE)  # choices also kept on disk: see tuning.py
 
 
-def _launch_guard(x: torch.Tensor):
-    """Launch on x's GPU (Triton launches on the current device)."""
-    if x.device.type == "cuda" and x.device.index != torch.cuda.current_device():
-        return torch.cuda.device(x.device)
-    return contextlib.nullcontext()
-
-
 def _kernels():
     from . import kernels  # lazy: see the module docstring
     return kernels
-
-
-# ---------------------------------------------------------------------------------------------
-# Direct launches
-
-# Launching through the compiled binary skips JITFunction.run's per-call argument binding,
-# specialisation and cache-key work (measured on the H200 VM for a trivial kernel: 16-20 us a
-# launch through Triton, 7-8 us through CompiledKernel.run). On by default since
-# tests/ops/test_fast_path.py::test_direct_launch_is_used_and_exact passed on an H200 (Triton 3.6;
-# the launcher's call signature is the same in Triton 3.8); KAT_DIRECT_LAUNCH=0 turns it off. A
-# Triton whose launcher rejects the call (TypeError before anything is launched) turns it off for
-# the process and the launch goes through Triton instead.
-_DIRECT = not _INTERPRET and os.environ.get("KAT_DIRECT_LAUNCH", "1") != "0"
-
-
-def _launch_hooks_set() -> bool:
-    """True when Triton launch hooks (profilers) are installed: launch through Triton then, so the
-    hooks see every launch with its metadata. Triton >= 3.5 keeps the hooks in (possibly empty)
-    HookChain objects, older versions in plain attributes that are None when unset."""
-    try:
-        from triton import knobs
-    except ImportError:  # no knobs module: an older Triton; never launch directly
-        return True
-    for hook in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook):
-        if hook is not None and (not hasattr(hook, "calls") or hook.calls):
-            return True
-    return False
-
-
-def _disable_direct() -> None:
-    global _DIRECT
-    _DIRECT = False
-
-
-class _Launch:
-    """One kernel at a fixed config and grid, for one plan (fixed shapes, strides and dtypes; the
-    pointer arguments come first, ``n_ptr`` of them). The first call goes through Triton's JIT
-    (compiling if needed) and keeps the CompiledKernel it returns; later calls whose pointers are
-    16-byte aligned, as they were for that compile, launch that binary directly. Every integer
-    argument is fixed by the plan, so the binary's specialisation (ints equal to 1 or divisible
-    by 16, pointer alignment) holds for them."""
-
-    __slots__ = ("kernel", "grid", "consts", "const_values", "num_warps", "n_ptr", "compiled")
-
-    def __init__(self, kernel, grid, consts: dict, num_warps: int, n_ptr: int):
-        self.kernel, self.consts, self.num_warps, self.n_ptr = kernel, consts, num_warps, n_ptr
-        if not 1 <= len(grid) <= 3:
-            raise ValueError(f"a launch grid has 1 to 3 dimensions, got {grid!r}")
-        # the launcher takes all three grid dimensions: (n,) launches as (n, 1, 1)
-        self.grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
-        self.const_values = tuple(consts.values())
-        self.compiled = None
-
-    def _aligned(self, args) -> bool:
-        return all(t.data_ptr() % 16 == 0 for t in args[:self.n_ptr])
-
-    def __call__(self, *args):
-        compiled = self.compiled  # only ever set when direct launches are on
-        if compiled is not None and self._aligned(args) and not _launch_hooks_set():
-            g = self.grid
-            try:
-                compiled.run(g[0], g[1], g[2], torch._C._cuda_getCurrentRawStream(args[0].get_device()),
-                             compiled.function, compiled.packed_metadata, None, None, None,
-                             *args, *self.const_values)
-                return
-            except TypeError:  # a launcher with another signature: launch through Triton from now on
-                _disable_direct()
-                self.compiled = None
-        ret = self.kernel[self.grid](*args, **self.consts, num_warps=self.num_warps)
-        if _DIRECT and compiled is None and args[0].is_cuda and hasattr(ret, "packed_metadata") \
-                and self._aligned(args) and not _launch_hooks_set():
-            self.compiled = ret
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,9 +238,8 @@ def _launch_bwd(x2, g2, gx2, a, b, a_stride, c, groups, cfg) -> torch.Tensor:
     kernels = _kernels()
     s, ca = x2.shape
     key = _resident_key(x2, cfg, c // groups)
-    learn = x2.is_cuda and _ONE_WAVE and key not in _RESIDENT and not torch.cuda.is_current_stream_capturing()
-    passes = 2 if learn else 1  # (not while a CUDA graph is captured: the graph would keep both)
-    for _ in range(passes):
+    learn = _should_learn(x2, key)
+    for _ in range(2 if learn else 1):
         # First use of this compiled kernel on a GPU: one launch at the guessed grid compiles it and
         # tells its registers and shared memory; the launch that counts then runs at the grid of
         # one full wave. Learned before any result leaves, so the split count (and with it the
@@ -497,8 +423,7 @@ class Plan:
             bcfg = _TUNER.pick(("bwd", x.device, x.dtype, s, c, c, groups), kernels.BWD_CONFIGS,
                                lambda cfg: _launch_bwd(x2, go2, y2, a, b, self.a_stride, c, groups, cfg))
         self.fwd = _Launch(kernels.group_rational_fwd_kernel, _fwd_grid(s, c, fcfg), _fwd_consts(fcfg, gs), fcfg[2], 4)
-        if x.is_cuda and _ONE_WAVE and _resident_key(x, bcfg, gs) not in _RESIDENT \
-                and not torch.cuda.is_current_stream_capturing():  # a config from the tuning file
+        if _should_learn(x, _resident_key(x, bcfg, gs)):  # a config not timed here (tuning file, KAT_AUTOTUNE=0)
             with _launch_guard(x):
                 _launch_bwd(x2, go2, y2, a, b, self.a_stride, c, groups, bcfg)
         grid = _bwd_grid(x, s, c, bcfg, gs)

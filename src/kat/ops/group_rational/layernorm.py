@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import torch
 
-from .function import (_Launch, _Reduction, _cdiv, _kernels, _launch_guard, _padded, _plannable, _pow2,
-                       _sm_count, triton_supports)
+from .function import _Reduction, _cdiv, _padded, _plannable, _pow2, _sm_count, triton_supports
+from .launch import _Launch, _launch_guard
 
 __all__ = ["LN_MAX_CHANNELS", "layernorm_rational", "layernorm_rational_backward", "layernorm_rational_supported",
            "LayerNormRationalFunction"]
+
+
+def _ln_kernels():
+    from . import layernorm_kernels  # lazy, like function._kernels: ``import kat`` never imports Triton
+    return layernorm_kernels
 
 
 _LN_PLANS: dict = {}
@@ -49,7 +54,7 @@ def layernorm_rational(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         block_c = _pow2(c)
         block_m = max(1, min(16, 4096 // block_c))
         # ptxas (sm_90): 115-181 registers, no spills, for C <= 1024 at 4 warps
-        launch = _Launch(_kernels().layernorm_rational_fwd_kernel, (_cdiv(x2.shape[0], block_m),),
+        launch = _Launch(_ln_kernels().layernorm_rational_fwd_kernel, (_cdiv(x2.shape[0], block_m),),
                          {"BLOCK_M": block_m, "BLOCK_C": block_c}, max(4, block_c // 256), 6)
         plan = (launch, (x2.shape[0], c, c // denominator.shape[0], 0 if numerator.shape[0] == 1 else 6,
                          x2.stride(0), c, float(eps)))
@@ -89,7 +94,7 @@ def layernorm_rational_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: t
         sms = _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()) \
             if x.device.type == "cuda" else 2
         programs = max(1, min(_cdiv(s, block_m), sms * max(1, 16 // warps)))
-        launch = _Launch(_kernels().layernorm_rational_bwd_kernel, (programs,),
+        launch = _Launch(_ln_kernels().layernorm_rational_bwd_kernel, (programs,),
                          {"BLOCK_M": block_m, "BLOCK_C": block_c}, warps, 9)
         red = _Reduction(x.device, programs, groups, c // groups, numerator.shape[1], denominator.shape[1],
                          numerator.shape[0] == 1)
