@@ -3,15 +3,17 @@
 # look there): device tool `run` with carry [".data/golden"].
 #   STAGE=check  bash scripts/gpu_session.sh   (~5 min) op tests on the real kernels (changed since
 #                the last GPU run: backward loads pipelined through shared memory (STAGES configs),
-#                backward grid of one wave from the compiled kernel's occupancy), host time per
+#                two-element tiles, backward grid of one wave from the compiled kernel's
+#                occupancy with its KAT_ONE_WAVE=0 A/B), host time per
 #                call, op bench with CUDA graphs (bf16 first: #2's targets), one quick model pair.
 #                Tuning choices go to $OUT/tuning.json (which configs won).
 #   STAGE=models bash scripts/gpu_session.sh   (~8 min) KAT vs ViT eager, plain and with norm2+act1
 #                fused (--fuse-norm-act1)
 #   STAGE=compile bash scripts/gpu_session.sh  (~8 min) both sides compiled, modes default and
 #                reduce-overhead, tiny and small (IMPL=torch: the rational as plain PyTorch)
-#   STAGE=profile bash scripts/gpu_session.sh  (~2 min) KAT-T vs ViT-T step: eager vs CUDA graph, and
-#                torch.profiler tables by host time (where KAT-T's extra ~12 ms/step of host goes)
+#   STAGE=profile bash scripts/gpu_session.sh  (~3 min) KAT-T vs ViT-T step: eager vs CUDA graph, host-
+#                device syncs and direct/JIT launches per step, and torch.profiler tables by host
+#                and GPU time (where KAT-T's extra ~15 ms/step goes)
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src:$PWD PYTHONUNBUFFERED=1
