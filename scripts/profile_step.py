@@ -29,12 +29,16 @@ def _step_checks(step, steps: int = 3) -> dict:
     import collections
     import warnings
 
+    from kat.ops.group_rational import launch as launch_mod
     from kat.ops.group_rational.launch import _Launch
     launches = collections.Counter()
     real_call = _Launch.__call__
 
     def counting(self, *a):
-        kind = "direct" if self.compiled is not None else "triton-jit"
+        # the same test __call__ makes: a compiled binary, aligned pointers and no launch hooks
+        direct = self.compiled is not None and self._aligned(a) and not launch_mod._launch_hooks_set()
+        kind = "direct" if direct else ("triton-jit (hooks set)" if launch_mod._launch_hooks_set() else
+                                        "triton-jit")
         launches[f"{getattr(self.kernel, '__name__', '?')} {kind}"] += 1
         return real_call(self, *a)
 
@@ -56,6 +60,24 @@ def _step_checks(step, steps: int = 3) -> dict:
                                 if "synchroniz" in str(w.message).lower())
     return {"syncs_per_step": sum(syncs.values()) / steps, "sync_messages": dict(syncs),
             "kat_launches_per_step": {k: v / steps for k, v in sorted(launches.items())}}
+
+
+def _cprofile(step, path, steps: int = 5, rows: int = 40) -> None:
+    """Python-level host time of a few warm eager steps (cProfile, by own time): where the host
+    spends time outside PyTorch's operators, e.g. in kat's launchers or Triton's JIT path."""
+    import cProfile
+    import io
+    import pstats
+    torch.cuda.synchronize()
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(steps):
+        step()
+    pr.disable()
+    torch.cuda.synchronize()
+    buf = io.StringIO()
+    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(rows)
+    path.write_text(f"cProfile of {steps} eager steps, by own time:\n{buf.getvalue()}")
 
 
 def main():
@@ -91,6 +113,7 @@ def main():
 
         eager = _time_loop(step, args.steps, 5)
         summary[name + "_checks"] = _step_checks(step)
+        _cprofile(step, out / f"cprofile_{name}.txt")
         print(f"{name}: {summary[name + '_checks']}")
         from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
