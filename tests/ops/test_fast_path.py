@@ -271,7 +271,37 @@ def test_direct_launch_passes_all_three_grid_dimensions(monkeypatch, grid, expec
     launch.compiled = Compiled()
     x = torch.zeros(16)
     launch(x, 5)
-    assert launched == [(expected, (x, 5, 16))]
+    # the pointer goes as its integer address (the launcher then skips its per-pointer driver
+    # query), the other arguments and the constants as given
+    assert launched == [(expected, (x.data_ptr(), 5, 16))]
+
+
+def test_direct_launch_takes_triton_path_for_unaligned_pointers(monkeypatch):
+    """The compiled binary assumed 16-byte aligned pointers; a pointer off that alignment (a view at
+    an odd offset) goes through Triton's own launch, which specialises for it."""
+    monkeypatch.setattr(launching, "_DIRECT", True)
+    monkeypatch.setattr(launching, "_launch_hooks_set", lambda: False)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 0, raising=False)
+    direct, jit = [], []
+
+    class Compiled:
+        function = packed_metadata = None
+
+        def run(self, *a):
+            direct.append(a)
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: jit.append(args)
+
+    launch = launching._Launch(Kernel(), (2,), {"BLOCK": 16}, 4, n_ptr=2)
+    launch.compiled = Compiled()
+    base = torch.zeros(64)
+    aligned, odd = base[:16], base[1:17]
+    assert aligned.data_ptr() % 16 == 0 and odd.data_ptr() % 16 != 0
+    launch(aligned, aligned, 3)
+    launch(aligned, odd, 3)
+    assert len(direct) == 1 and jit == [(aligned, odd, 3)]
 
 
 def test_launch_grid_of_no_or_four_dimensions_is_refused():

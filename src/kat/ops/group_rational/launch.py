@@ -28,15 +28,22 @@ def _launch_guard(x: torch.Tensor):
 _DIRECT = not _INTERPRET and os.environ.get("KAT_DIRECT_LAUNCH", "1") != "0"
 
 
+_RUNTIME_KNOBS = None  # triton.knobs.runtime, looked up on the first launch (Triton >= 3.5)
+
+
 def _launch_hooks_set() -> bool:
     """True when Triton launch hooks (profilers) are installed: launch through Triton then, so the
     hooks see every launch with its metadata. Triton >= 3.5 keeps the hooks in (possibly empty)
     HookChain objects, older versions in plain attributes that are None when unset."""
-    try:
-        from triton import knobs
-    except ImportError:  # no knobs module: an older Triton; never launch directly
-        return True
-    for hook in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook):
+    global _RUNTIME_KNOBS
+    rt = _RUNTIME_KNOBS
+    if rt is None:
+        try:
+            from triton import knobs
+        except ImportError:  # no knobs module: an older Triton; never launch directly
+            return True
+        rt = _RUNTIME_KNOBS = knobs.runtime
+    for hook in (rt.launch_enter_hook, rt.launch_exit_hook):
         if hook is not None and (not hasattr(hook, "calls") or hook.calls):
             return True
     return False
@@ -71,16 +78,23 @@ class _Launch:
 
     def __call__(self, *args):
         compiled = self.compiled  # only ever set when direct launches are on
-        if compiled is not None and self._aligned(args) and not _launch_hooks_set():
-            g = self.grid
-            try:
-                compiled.run(g[0], g[1], g[2], torch._C._cuda_getCurrentRawStream(args[0].get_device()),
-                             compiled.function, compiled.packed_metadata, None, None, None,
-                             *args, *self.const_values)
-                return
-            except TypeError:  # a launcher with another signature: launch through Triton from now on
-                _disable_direct()
-                self.compiled = None
+        if compiled is not None:
+            # The pointers go to the launcher as integers: it then skips calling data_ptr() and
+            # asking the driver about each pointer (cuPointerGetAttribute), a few microseconds of
+            # host time per pointer. Both were settled when the plan was built: every tensor of a
+            # plan is on the plan's GPU.
+            n = self.n_ptr
+            ptrs = [t.data_ptr() for t in args[:n]]
+            if not any(p & 15 for p in ptrs) and not _launch_hooks_set():
+                g = self.grid
+                try:
+                    compiled.run(g[0], g[1], g[2], torch._C._cuda_getCurrentRawStream(args[0].get_device()),
+                                 compiled.function, compiled.packed_metadata, None, None, None,
+                                 *ptrs, *args[n:], *self.const_values)
+                    return
+                except TypeError:  # a launcher with another signature: launch through Triton from now on
+                    _disable_direct()
+                    self.compiled = None
         ret = self.kernel[self.grid](*args, **self.consts, num_warps=self.num_warps)
         if _DIRECT and compiled is None and args[0].is_cuda and hasattr(ret, "packed_metadata") \
                 and self._aligned(args) and not _launch_hooks_set():
