@@ -76,7 +76,7 @@ def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.
         if plan:
             if torch.is_grad_enabled() and (x.requires_grad or numerator.requires_grad
                                             or denominator.requires_grad):
-                return GroupRationalFunction.apply(x, numerator, denominator, x.dim() - 1, plan)
+                return plan.function.apply(x, numerator, denominator)
             return plan.forward(x, numerator, denominator)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"group_rational: x must be a torch.Tensor, got {type(x).__name__}")

@@ -402,7 +402,7 @@ class Plan:
     device, with coefficients of one shape: the matrix view's strides, the tuned configs and their
     launchers. Per call, only the pointers change. Built on first use by ``group_rational``."""
 
-    __slots__ = ("x_stride", "c", "a_stride", "x_args", "fwd", "bwd", "partial_shape", "red")
+    __slots__ = ("x_stride", "c", "a_stride", "x_args", "fwd", "bwd", "partial_shape", "red", "function")
 
     def __init__(self, x, numerator, denominator):
         kernels = _kernels()
@@ -432,6 +432,7 @@ class Plan:
         self.partial_shape = (grid[0], groups, gs, kernels.NUM_ACC)
         self.red = _Reduction(x.device, grid[0], groups, gs, numerator.shape[1], denominator.shape[1],
                               numerator.shape[0] == 1)
+        self.function = _plan_function(self)
 
     def forward(self, x, numerator, denominator):
         y = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -462,23 +463,39 @@ def _plannable(x: torch.Tensor) -> bool:
     return True
 
 
-class GroupRationalFunction(torch.autograd.Function):
-    """Autograd for the fused op. Saves only x and the coefficients; backward recomputes P and Q.
+def _plan_function(plan: Plan):
+    """An autograd.Function bound to ``plan``: ``apply(x, numerator, denominator)``. The plan is
+    reached through the closure, so no attribute is set on the autograd context: each call leaves
+    one fewer Python object alive until its backward (those objects are what make the garbage
+    collector run during training steps), and apply has no non-tensor arguments to sort out."""
 
-    Under torch.compile the opaque custom ops are traced; in eager mode the launchers are called
-    directly (a :class:`Plan` when one is given), skipping the custom-op dispatch. No torch.amp
+    class PlannedGroupRational(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, numerator, denominator):
+            ctx.save_for_backward(x, numerator, denominator)
+            return plan.forward(x, numerator, denominator)
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            return plan.backward(grad_out, *ctx.saved_tensors)
+
+    return PlannedGroupRational
+
+
+class GroupRationalFunction(torch.autograd.Function):
+    """Autograd for the fused op on the general path (calls without a :class:`Plan`: channels
+    first, rows that do not collapse to one stride; and every call under torch.compile, which
+    traces the opaque custom ops). Saves only x and the coefficients; backward recomputes P and Q.
+    Planned eager calls go through the plan's own Function (:func:`_plan_function`). No torch.amp
     decorators: the op computes in its input's dtype whether or not autocast is on (it has nothing
     autocast would cast), and its backward runs no autocast-eligible op, so recording and restoring
     the autocast state would only cost time.
     """
 
     @staticmethod
-    def forward(ctx, x, numerator, denominator, channel_dim, plan=None):
+    def forward(ctx, x, numerator, denominator, channel_dim):
         ctx.save_for_backward(x, numerator, denominator)
         ctx.channel_dim = channel_dim
-        ctx.plan = plan
-        if plan is not None:
-            return plan.forward(x, numerator, denominator)
         if torch.compiler.is_compiling():
             return torch.ops.kat.group_rational_fwd(x, numerator, denominator, channel_dim)
         return _forward(x, numerator, denominator, channel_dim)
@@ -486,11 +503,9 @@ class GroupRationalFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, numerator, denominator = ctx.saved_tensors
-        if ctx.plan is not None:
-            gx, ga, gb = ctx.plan.backward(grad_out, x, numerator, denominator)
-        elif torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():
             gx, ga, gb = torch.ops.kat.group_rational_bwd(
                 grad_out, x, numerator, denominator, ctx.channel_dim)
         else:
             gx, ga, gb = _backward(grad_out, x, numerator, denominator, ctx.channel_dim)
-        return gx, ga, gb, None, None
+        return gx, ga, gb, None
