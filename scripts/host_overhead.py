@@ -31,17 +31,21 @@ def host_us(fn, n=100, loops=5):
     return statistics.median(ts)
 
 
-def print_cprofile(fn, calls: int, rows: int) -> None:
-    """cProfile of ``calls`` calls of ``fn`` (then a GPU sync), the top ``rows`` by own time."""
+def cprofile_text(fn, calls: int, rows: int) -> str:
+    """cProfile of ``calls`` calls of ``fn`` (between GPU syncs), the top ``rows`` by own time."""
     import cProfile
+    import io
     import pstats
+    torch.cuda.synchronize()
     pr = cProfile.Profile()
     pr.enable()
     for _ in range(calls):
         fn()
     pr.disable()
     torch.cuda.synchronize()
-    pstats.Stats(pr).sort_stats("tottime").print_stats(rows)
+    buf = io.StringIO()
+    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(rows)
+    return buf.getvalue()
 
 
 def main():
@@ -123,7 +127,7 @@ def main():
         out[name] = host_us(f)
         print(f"{name:40s} {out[name]:8.1f} us")
     if args.cprofile:
-        print_cprofile(rows["kat op fwd+bwd"], 300, 22)
+        print(cprofile_text(rows["kat op fwd+bwd"], 300, 22))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=1)

@@ -102,8 +102,8 @@ def main():
                   f"do_bench {dev * 1e3:7.1f} us")
         print("  tuner picks:", {k[0]: v for k, v in fn._TUNER.cache.items() if k[4] == ca and k[2] == dtype})
         if args.cprofile:
-            from host_overhead import print_cprofile  # scripts/ is on sys.path when run as a script
-            print_cprofile(fwd_bwd, 100, 14)
+            from host_overhead import cprofile_text  # scripts/ is on sys.path when run as a script
+            print(cprofile_text(fwd_bwd, 100, 14))
         if args.trace:
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 for _ in range(5):

@@ -65,19 +65,8 @@ def _step_checks(step, steps: int = 3) -> dict:
 def _cprofile(step, path, steps: int = 5, rows: int = 40) -> None:
     """Python-level host time of a few warm eager steps (cProfile, by own time): where the host
     spends time outside PyTorch's operators, e.g. in kat's launchers or Triton's JIT path."""
-    import cProfile
-    import io
-    import pstats
-    torch.cuda.synchronize()
-    pr = cProfile.Profile()
-    pr.enable()
-    for _ in range(steps):
-        step()
-    pr.disable()
-    torch.cuda.synchronize()
-    buf = io.StringIO()
-    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(rows)
-    path.write_text(f"cProfile of {steps} eager steps, by own time:\n{buf.getvalue()}")
+    from host_overhead import cprofile_text  # scripts/ is on sys.path when this script runs
+    path.write_text(f"cProfile of {steps} eager steps, by own time:\n{cprofile_text(step, steps, rows)}")
 
 
 def main():
