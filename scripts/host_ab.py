@@ -11,6 +11,8 @@ each variant timed twice in interleaved rounds:
   backward (the cost of a Python Function in the graph, without kat's launchers);
 - kat_torch: the rationals as plain PyTorch (impl="torch");
 - kat_jit: kat's kernels launched through Triton's own launch path, not the direct one;
+- kat_nolaunch: kat's launchers return without launching (outputs are uninitialised memory; the
+  step's host work is otherwise the same): what the Triton launches themselves cost the host;
 - *_frozen: gc.freeze() after a collection: the objects alive then (torch, timm, the model) leave
   the collector's generations, so a collection walks only what was created since.
 
@@ -60,9 +62,18 @@ class _GcStats:
             self.seconds += time.perf_counter() - self._t
 
 
-def _time(step, iters=20, warmup=5):
+def _time(step, iters=20, warmup=5, cuda=True):
     for _ in range(warmup):
         step()
+    if not cuda:  # a smoke run on the CPU: wall time only
+        stats = _GcStats()
+        gc.callbacks.append(stats)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            step()
+        ms = (time.perf_counter() - t0) / iters * 1e3
+        gc.callbacks.remove(stats)
+        return ms, ms, [c / iters for c in stats.count], stats.seconds * 1e3 / iters
     torch.cuda.synchronize()
     stats = _GcStats()
     gc.callbacks.append(stats)
@@ -84,6 +95,8 @@ def main():
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json", default=None)
+    p.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke run of the script itself")
+    p.add_argument("--iters", type=int, default=20)
     p.add_argument("--variants", nargs="+", default=["vit", "kat", "vit_frozen", "kat_frozen", "kat_gc_off",
                                                      "kat_gelu", "kat_pyfn", "kat_jit"])
     args = p.parse_args()
@@ -93,16 +106,17 @@ def main():
     from kat.ops.group_rational import _PLANS
     from kat.ops.group_rational import launch as launching
 
-    x = torch.randn(args.batch, 3, 224, 224, device="cuda")
-    y = torch.randint(0, 1000, (args.batch,), device="cuda")
+    dev = args.device
+    x = torch.randn(args.batch, 3, 224, 224, device=dev)
+    y = torch.randint(0, 1000, (args.batch,), device=dev)
     steps = {}
     for fam in ("vit", "kat"):
         torch.manual_seed(0)
-        model = timm.create_model(f"{fam}_{args.size}_patch16_224").cuda().train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        model = timm.create_model(f"{fam}_{args.size}_patch16_224").to(dev).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev == "cuda")
 
         def step(model=model, opt=opt):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(dev, dtype=torch.bfloat16):
                 loss = F.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
@@ -111,11 +125,13 @@ def main():
 
     kat_model = steps["kat"][0]
     real_forward = kat.GroupRational.forward
+    real_launch = launching._Launch.__call__
 
     def setup(name):
         kat.GroupRational.forward = real_forward
         kat.set_rational_impl(kat_model, "auto")
         launching._DIRECT = True
+        launching._Launch.__call__ = real_launch
         gc.enable()
         gc.unfreeze()
         if name.endswith("_frozen"):
@@ -130,6 +146,8 @@ def main():
             kat.GroupRational.forward = lambda self, t: _GeluFn.apply(t)
         elif name == "kat_torch":
             kat.set_rational_impl(kat_model, "torch")
+        elif name == "kat_nolaunch":
+            launching._Launch.__call__ = lambda self, *a: None
         elif name == "kat_jit":
             launching._DIRECT = False
             _PLANS.clear()  # new launchers, which never take the direct path while _DIRECT is off
@@ -141,16 +159,18 @@ def main():
     results = {n: [] for n in names}
     for r in range(args.rounds):
         for n in names:
-            results[n].append(_time(setup(n)))
+            results[n].append(_time(setup(n), args.iters, 5 if dev == "cuda" else 1, dev == "cuda"))
             if n == "kat_jit":
                 launching._DIRECT = True
                 _PLANS.clear()
+            launching._Launch.__call__ = real_launch
             gc.enable()
             gc.unfreeze()
             ms, host, counts, gc_ms = results[n][-1]
             print(f"round {r} {n:12s} {ms:7.2f} ms/step  host {host:7.2f} ms/step  gc per step "
                   f"{counts[0]:.2f}/{counts[1]:.2f}/{counts[2]:.2f} (gen 0/1/2) {gc_ms:.2f} ms", flush=True)
     kat.GroupRational.forward = real_forward
+    launching._Launch.__call__ = real_launch
     summary = {n: {"ms_per_step": statistics.median(r[0] for r in v),
                    "host_ms_per_step": statistics.median(r[1] for r in v),
                    "gc_ms_per_step": statistics.median(r[3] for r in v)} for n, v in results.items()}
