@@ -74,6 +74,60 @@ def test_backward_pipelined_loads(c, groups, row_reduce, channels_first, dtype, 
             torch.testing.assert_close(u, v, rtol=4 * torch.finfo(u.dtype).eps, atol=1e-6)
 
 
+@pytest.mark.parametrize("cfg", [(16, 64, 4, False, 0, 8), (8, 32, 1, False, 3, 8)])
+@pytest.mark.parametrize("c,groups,shared,channels_first,dtype", [
+    (512, 8, True, False, torch.float32),    # group size 64: one or two blocks per group
+    (768, 8, False, False, torch.bfloat16),  # 96: three 32-wide blocks (the 64-wide config: no fold)
+    (512, 4, True, True, torch.float32),     # (B, C, L): blocks of the B copies of a channel
+])
+def test_backward_folded_blocks(cfg, c, groups, shared, channels_first, dtype, device, monkeypatch,
+                                fresh_plans):
+    """FOLD (the config's sixth entry): where a block lies in one group each thread sums its FOLD
+    neighbouring columns per term and the kernel writes one sum per block, so the partial sums have
+    one column per block. Float64 agreement; y and (in the interpreter) grad_x bit for bit as
+    without folding (only the coefficient sums change order); the same coefficient gradients on
+    every call."""
+    gs = c // groups
+    folds = fn._fold(cfg, gs) > 1
+    assert folds == (gs % cfg[1] == 0)
+    a, b = _coeffs(groups=groups, shared=shared, device=device)
+    x = torch.randn(3, c, 21, device=device, dtype=dtype) if channels_first else \
+        torch.randn(2, 37, c, device=device, dtype=dtype)
+    dim = 1 if channels_first else -1
+    results = []
+    for variant in (cfg, cfg[:5]):  # folded, then its unfolded twin
+        monkeypatch.setattr(kernels, "BWD_CONFIGS", [variant])
+        gr._PLANS.clear()
+        fn._TUNER.cache.clear()
+        results.append(_check("triton", x, a, b, channel_dim=dim))
+        if not channels_first:
+            plan = next(p for p in gr._PLANS.values() if isinstance(p, fn.Plan))
+            columns = gs // cfg[1] if (folds and variant is cfg) else gs
+            assert plan.partial_shape[1:3] == (groups, columns)
+    folded, plain = results
+    assert torch.equal(folded[0], plain[0])  # the same forward
+    if device.type == "cpu":  # the interpreter: the same arithmetic for grad_x
+        assert torch.equal(folded[1], plain[1])
+    else:  # compiled: FMA contraction may differ between the two kernels
+        torch.testing.assert_close(folded[1], plain[1], rtol=4 * torch.finfo(dtype).eps, atol=1e-6)
+    monkeypatch.setattr(kernels, "BWD_CONFIGS", [cfg])
+    gr._PLANS.clear()
+    fn._TUNER.cache.clear()
+    again = _check("triton", x, a, b, channel_dim=dim)
+    assert torch.equal(again[2], folded[2]) and torch.equal(again[3], folded[3])
+
+
+def test_fold_configs_are_timed_only_where_they_fold():
+    """A config asking to fold is a candidate only at group sizes its block width divides (else it
+    would repeat its unfolded twin and cost tuning time)."""
+    fold_cfgs = [cfg for cfg in kernels.BWD_CONFIGS if len(cfg) > 5 and cfg[5] > 1]
+    for gs in (24, 96, 384):
+        candidates = fn._bwd_candidates(gs)
+        for cfg in fold_cfgs:
+            assert (cfg in candidates) == (gs % cfg[1] == 0)
+        assert all(cfg in candidates for cfg in kernels.BWD_CONFIGS if len(cfg) < 6)
+
+
 @pytest.mark.parametrize("select,row_reduce", [(False, False), (True, True)])
 @pytest.mark.parametrize("c,groups,shared,channels_first,dtype", [
     (512, 8, True, False, torch.float32),    # group size 64: one 64-wide block per group

@@ -34,6 +34,11 @@ SCRIPT = textwrap.dedent('''
     # the backward with its loads pipelined through shared memory (STAGES > 0)
     piped = next(c for c in kernels.BWD_CONFIGS if len(c) > 4 and c[4] > 0)
     cases.append((kernels.group_rational_bwd_kernel, fn._bwd_consts(piped, 3 * piped[1])))
+    # folded accumulators (FOLD > 1), with and without pipelined loads
+    for folded in [c for c in kernels.BWD_CONFIGS if len(c) > 5 and c[5] > 1][:2]:
+        consts = fn._bwd_consts(folded, 3 * folded[1])
+        assert consts["FOLD"] > 1
+        cases.append((kernels.group_rational_bwd_kernel, consts))
     # the coefficient reduction (fp32 only: it reads the backward's fp32 partial sums)
     red = fn._Reduction(None, 352, 8, 24, 6, 4, True, sms=132)
     reductions = [(kernels.coefficient_partials_kernel, red.partials.consts),
@@ -85,4 +90,4 @@ def test_kernels_compile_for_sm90():
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count(" ok") == 34, run.stdout
+    assert run.stdout.count(" ok") == 40, run.stdout

@@ -33,6 +33,8 @@ _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 _AUTOTUNE = os.environ.get("KAT_AUTOTUNE", "1") != "0"
 # KAT_UNIFORM=0 keeps the per-column coefficient loads even where a block lies in one group (A/B).
 _UNIFORM_ON = os.environ.get("KAT_UNIFORM", "1") != "0"
+# KAT_FOLD=0 keeps one backward accumulator per column even where a block lies in one group (A/B).
+_FOLD_ON = os.environ.get("KAT_FOLD", "1") != "0"
 # KAT_ONE_WAVE=0 sizes the backward's grid by the ~32-warps-per-SM guess instead of one full wave
 # from the compiled kernel's occupancy (A/B).
 _ONE_WAVE = os.environ.get("KAT_ONE_WAVE", "1") != "0"
@@ -206,7 +208,31 @@ def _bwd_consts(cfg, group_size: int = 0) -> dict:
     registers."""
     bs, bc, _warps, row_reduce, *rest = cfg
     return {"BLOCK_S": bs, "BLOCK_C": bc, "ROW_REDUCE": row_reduce, "ACC_ROWS": 1 if row_reduce else bs,
-            "UNIFORM": _uniform(bc, group_size), "STAGES": rest[0] if rest else 0}
+            "UNIFORM": _uniform(bc, group_size), "STAGES": rest[0] if rest else 0,
+            "FOLD": _fold(cfg, group_size)}
+
+
+def _fold(cfg, group_size: int) -> int:
+    """Columns a backward thread sums into one accumulator per term (see kernels._accumulate): the
+    config's sixth entry where the block lies in one group and keeps per-element accumulators,
+    else 1 (no folding)."""
+    bs, bc, _warps, row_reduce, *rest = cfg
+    fold = rest[1] if len(rest) > 1 else 1
+    return fold if fold > 1 and bc % fold == 0 and _FOLD_ON and not row_reduce and _uniform(bc, group_size) else 1
+
+
+def _partial_columns(cfg, ca: int, group_size: int) -> int:
+    """Columns of the backward's partial sums (splits, columns, NUM_ACC): one per channel-axis
+    index, or one per block where the kernel folds a block's columns into one sum per term."""
+    return ca // cfg[1] if _fold(cfg, group_size) > 1 else ca
+
+
+def _bwd_candidates(group_size: int) -> list:
+    """The backward configs worth timing at this group size: those asking to fold (a sixth entry)
+    only where folding applies; elsewhere they would repeat their unfolded twin (a list of nothing
+    but such configs is kept whole: they then run unfolded)."""
+    configs = _kernels().BWD_CONFIGS
+    return [cfg for cfg in configs if len(cfg) < 6 or cfg[5] <= 1 or _fold(cfg, group_size) > 1] or configs
 
 
 def _uniform(block_c: int, group_size: int) -> bool:
@@ -234,7 +260,8 @@ def _launch_fwd(x2, y2, a, b, a_stride, c, groups, cfg):
 
 
 def _launch_bwd(x2, g2, gx2, a, b, a_stride, c, groups, cfg) -> torch.Tensor:
-    """Backward through Triton's launcher; returns the partial sums (splits, CA, NUM_ACC)."""
+    """Backward through Triton's launcher; returns the partial sums (splits, CA or CA / BLOCK_C
+    where the kernel folds blocks, NUM_ACC)."""
     kernels = _kernels()
     s, ca = x2.shape
     key = _resident_key(x2, cfg, c // groups)
@@ -245,7 +272,8 @@ def _launch_bwd(x2, g2, gx2, a, b, a_stride, c, groups, cfg) -> torch.Tensor:
         # one full wave. Learned before any result leaves, so the split count (and with it the
         # summation order of the coefficient gradients) is the same on every call.
         grid = _bwd_grid(x2, s, ca, cfg, c // groups)
-        partial = torch.empty((grid[0], ca, kernels.NUM_ACC), dtype=torch.float32, device=x2.device)
+        partial = torch.empty((grid[0], _partial_columns(cfg, ca, c // groups), kernels.NUM_ACC),
+                              dtype=torch.float32, device=x2.device)
         compiled = kernels.group_rational_bwd_kernel[grid](
             x2, g2, gx2, a, b, partial, s, ca, c, c // groups, a_stride, grid[0],
             *x2.stride(), *g2.stride(), *gx2.stride(), **_bwd_consts(cfg, c // groups), num_warps=cfg[2])
@@ -321,10 +349,13 @@ def _backward(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor,
         return _launch_bwd(x2, g2, gx2, a, b, a_stride, c, groups, cfg)
 
     with _launch_guard(x):
-        partial = launch(_TUNER.pick(("bwd", x.device, x.dtype, s, ca, c, groups), kernels.BWD_CONFIGS, launch))
-        # partial (splits, CA, NUM_ACC) = (splits x outer copies, G, GS, NUM_ACC)
-        red = _Reduction(x.device, partial.shape[0] * (ca // c), groups, c // groups, numerator.shape[1],
-                         denominator.shape[1], numerator.shape[0] == 1)
+        partial = launch(_TUNER.pick(("bwd", x.device, x.dtype, s, ca, c, groups),
+                                     _bwd_candidates(c // groups), launch))
+        # partial (splits, CA', NUM_ACC) = (splits x outer copies, G, GS', NUM_ACC): CA' = CA and
+        # GS' = GS, or both divided by BLOCK_C where the kernel folded each block into one column
+        outer = ca // c
+        red = _Reduction(x.device, partial.shape[0] * outer, groups, partial.shape[1] // (outer * groups),
+                         numerator.shape[1], denominator.shape[1], numerator.shape[0] == 1)
         return (gx, *red(partial, numerator, denominator))
 
 
@@ -420,7 +451,7 @@ class Plan:
         with _launch_guard(x):
             fcfg = _TUNER.pick(("fwd", x.device, x.dtype, s, c, c, groups), kernels.FWD_CONFIGS,
                                lambda cfg: _launch_fwd(x2, y2, a, b, self.a_stride, c, groups, cfg))
-            bcfg = _TUNER.pick(("bwd", x.device, x.dtype, s, c, c, groups), kernels.BWD_CONFIGS,
+            bcfg = _TUNER.pick(("bwd", x.device, x.dtype, s, c, c, groups), _bwd_candidates(gs),
                                lambda cfg: _launch_bwd(x2, go2, y2, a, b, self.a_stride, c, groups, cfg))
         self.fwd = _Launch(kernels.group_rational_fwd_kernel, _fwd_grid(s, c, fcfg), _fwd_consts(fcfg, gs), fcfg[2], 4)
         if _should_learn(x, _resident_key(x, bcfg, gs)):  # a config not timed here (tuning file, KAT_AUTOTUNE=0)
@@ -428,9 +459,10 @@ class Plan:
                 _launch_bwd(x2, go2, y2, a, b, self.a_stride, c, groups, bcfg)
         grid = _bwd_grid(x, s, c, bcfg, gs)
         self.bwd = _Launch(kernels.group_rational_bwd_kernel, grid, _bwd_consts(bcfg, gs), bcfg[2], 6)
-        # partial[p, g, j, k]: split p, group g, channel j of the group, term k
-        self.partial_shape = (grid[0], groups, gs, kernels.NUM_ACC)
-        self.red = _Reduction(x.device, grid[0], groups, gs, numerator.shape[1], denominator.shape[1],
+        # partial[p, g, j, k]: split p, group g, channel (or folded block) j of the group, term k
+        gs_cols = _partial_columns(bcfg, c, gs) // groups
+        self.partial_shape = (grid[0], groups, gs_cols, kernels.NUM_ACC)
+        self.red = _Reduction(x.device, grid[0], groups, gs_cols, numerator.shape[1], denominator.shape[1],
                               numerator.shape[0] == 1)
         self.function = _plan_function(self)
 

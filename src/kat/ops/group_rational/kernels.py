@@ -73,7 +73,13 @@ else:
                    (2, 128, 2, False, 3), (8, 32, 2, False, 3), (4, 32, 1, False, 4),
                    # two elements per thread: 64 registers (sm_90, bf16, uniform), so eight 4-warp
                    # programs per SM instead of five, for ~57 instructions per element against ~50
-                   (2, 128, 4, False), (2, 64, 2, False), (2, 32, 1, False)]
+                   (2, 128, 4, False), (2, 64, 2, False), (2, 32, 1, False),
+                   # sixth entry FOLD: where a block lies in one group, each thread sums its 8
+                   # neighbouring columns into one accumulator per term (sm_90 bf16 uniform, Triton
+                   # 3.8: (16, 64, 4) 161 -> 95 registers, 72 with STAGES, for ~53 instructions per
+                   # element against 48; not yet timed on a GPU)
+                   (16, 64, 4, False, 0, 8), (16, 64, 4, False, 3, 8), (8, 128, 4, False, 3, 8),
+                   (16, 32, 2, False, 3, 8), (8, 32, 1, False, 3, 8)]
 
 
 @triton.jit
@@ -253,10 +259,16 @@ def _grad_terms(x, go, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
 
 
 @triton.jit
-def _accumulate(acc, v, ROW_REDUCE: tl.constexpr):
-    """acc += v, or acc += v summed over the tile's rows (acc is then [1, BLOCK_C])."""
+def _accumulate(acc, v, ROW_REDUCE: tl.constexpr, FOLD: tl.constexpr):
+    """acc += v, or acc += v summed over the tile's rows (acc is then [1, BLOCK_C]), or (FOLD > 1)
+    acc += v with each run of FOLD neighbouring columns summed (acc is then [BLOCK_S, BLOCK_C //
+    FOLD]): where a block's columns share one group their terms are summed anyway, and a run of
+    FOLD columns is what one thread holds, so the fold is a thread's own adds and the thread keeps
+    one accumulator per term instead of FOLD."""
     if ROW_REDUCE:
         return acc + tl.sum(v, axis=0, keep_dims=True)
+    elif FOLD > 1:
+        return acc + tl.sum(tl.reshape(v, [v.shape[0], v.shape[1] // FOLD, FOLD]), axis=2)
     else:
         return acc + v
 
@@ -264,21 +276,21 @@ def _accumulate(acc, v, ROW_REDUCE: tl.constexpr):
 @triton.jit
 def _tile_backward(x, go, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4,
                    acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5, acc_b1, acc_b2, acc_b3, acc_b4,
-                   ROW_REDUCE: tl.constexpr):
+                   ROW_REDUCE: tl.constexpr, FOLD: tl.constexpr):
     """One tile of the backward: dL/dx, and the ten coefficient-gradient terms added to the
     accumulators (denominator terms before sign(b), applied once at the end)."""
     gx, r, f, ax, x2, x3, x4, x5 = _grad_terms(x, go, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4)
-    acc_a0 = _accumulate(acc_a0, r, ROW_REDUCE)
-    acc_a1 = _accumulate(acc_a1, r * x, ROW_REDUCE)
-    acc_a2 = _accumulate(acc_a2, r * x2, ROW_REDUCE)
-    acc_a3 = _accumulate(acc_a3, r * x3, ROW_REDUCE)
-    acc_a4 = _accumulate(acc_a4, r * x4, ROW_REDUCE)
-    acc_a5 = _accumulate(acc_a5, r * x5, ROW_REDUCE)
+    acc_a0 = _accumulate(acc_a0, r, ROW_REDUCE, FOLD)
+    acc_a1 = _accumulate(acc_a1, r * x, ROW_REDUCE, FOLD)
+    acc_a2 = _accumulate(acc_a2, r * x2, ROW_REDUCE, FOLD)
+    acc_a3 = _accumulate(acc_a3, r * x3, ROW_REDUCE, FOLD)
+    acc_a4 = _accumulate(acc_a4, r * x4, ROW_REDUCE, FOLD)
+    acc_a5 = _accumulate(acc_a5, r * x5, ROW_REDUCE, FOLD)
     t = -r * f
-    acc_b1 = _accumulate(acc_b1, t * ax, ROW_REDUCE)
-    acc_b2 = _accumulate(acc_b2, t * x2, ROW_REDUCE)
-    acc_b3 = _accumulate(acc_b3, t * tl.abs(x3), ROW_REDUCE)
-    acc_b4 = _accumulate(acc_b4, t * x4, ROW_REDUCE)
+    acc_b1 = _accumulate(acc_b1, t * ax, ROW_REDUCE, FOLD)
+    acc_b2 = _accumulate(acc_b2, t * x2, ROW_REDUCE, FOLD)
+    acc_b3 = _accumulate(acc_b3, t * tl.abs(x3), ROW_REDUCE, FOLD)
+    acc_b4 = _accumulate(acc_b4, t * x4, ROW_REDUCE, FOLD)
     return gx, acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5, acc_b1, acc_b2, acc_b3, acc_b4
 
 
@@ -288,7 +300,7 @@ def group_rational_bwd_kernel(
     S, CA, C, GROUP_SIZE, a_group_stride, NUM_SPLITS,
     stride_xs, stride_xc, stride_gs, stride_gc, stride_dxs, stride_dxc,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ROW_REDUCE: tl.constexpr, ACC_ROWS: tl.constexpr,
-    UNIFORM: tl.constexpr, STAGES: tl.constexpr,
+    UNIFORM: tl.constexpr, STAGES: tl.constexpr, FOLD: tl.constexpr,
 ):
     pid_s = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -305,16 +317,16 @@ def group_rational_bwd_kernel(
     # ROW_REDUCE: fold each tile's rows into [1, BLOCK_C] accumulators (ACC_ROWS = 1: 10 registers
     # per column instead of 10 per element in flight, so taller tiles fit); otherwise ACC_ROWS =
     # BLOCK_S and the rows are reduced once at the end.
-    acc_a0 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
-    acc_a1 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
-    acc_a2 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
-    acc_a3 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
-    acc_a4 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
-    acc_a5 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
-    acc_b1 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
-    acc_b2 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
-    acc_b3 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
-    acc_b4 = tl.zeros([ACC_ROWS, BLOCK_C], dtype=tl.float32)
+    acc_a0 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
+    acc_a1 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
+    acc_a2 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
+    acc_a3 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
+    acc_a4 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
+    acc_a5 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
+    acc_b1 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
+    acc_b2 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
+    acc_b3 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
+    acc_b4 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
 
     rows = tl.arange(0, BLOCK_S)
     num_tiles = tl.cdiv(S, BLOCK_S)
@@ -331,7 +343,7 @@ def group_rational_bwd_kernel(
             go = tl.load(go_ptr + s64 * stride_gs + col_g, mask=mask, other=0.0).to(tl.float32)
             gx, acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5, acc_b1, acc_b2, acc_b3, acc_b4 = _tile_backward(
                 x, go, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4,
-                acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5, acc_b1, acc_b2, acc_b3, acc_b4, ROW_REDUCE)
+                acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5, acc_b1, acc_b2, acc_b3, acc_b4, ROW_REDUCE, FOLD)
             tl.store(gx_ptr + s64 * stride_dxs + col_d, gx.to(gx_ptr.dtype.element_ty), mask=mask)
     else:
         # Software prefetch: loads run two tiles ahead of the arithmetic (tile i + 2P is requested
@@ -371,26 +383,40 @@ def group_rational_bwd_kernel(
             go_ahead = tl.load(go_ptrs, mask=mask_ahead, other=0.0)
             gx, acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5, acc_b1, acc_b2, acc_b3, acc_b4 = _tile_backward(
                 x, go, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4,
-                acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5, acc_b1, acc_b2, acc_b3, acc_b4, ROW_REDUCE)
+                acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5, acc_b1, acc_b2, acc_b3, acc_b4, ROW_REDUCE, FOLD)
             tl.store(gx_ptrs, gx.to(gx_ptr.dtype.element_ty), mask=mask_here)
             gx_ptrs += step_d
 
-    out = partial_ptr + (pid_s.to(tl.int64) * CA + ca.to(tl.int64)) * 10
-    tl.store(out + 0, tl.sum(acc_a0, axis=0), mask=mask_c)
-    tl.store(out + 1, tl.sum(acc_a1, axis=0), mask=mask_c)
-    tl.store(out + 2, tl.sum(acc_a2, axis=0), mask=mask_c)
-    tl.store(out + 3, tl.sum(acc_a3, axis=0), mask=mask_c)
-    tl.store(out + 4, tl.sum(acc_a4, axis=0), mask=mask_c)
-    tl.store(out + 5, tl.sum(acc_a5, axis=0), mask=mask_c)
     # d|b|/db = sign(b), +1 at 0 (the official kernels' convention)
     s1, s2 = tl.where(sb1 < 0, -1.0, 1.0), tl.where(sb2 < 0, -1.0, 1.0)
     s3, s4 = tl.where(sb3 < 0, -1.0, 1.0), tl.where(sb4 < 0, -1.0, 1.0)
-    if not UNIFORM:  # per-column [1, BLOCK_C] rows; scalars otherwise
-        s1, s2, s3, s4 = s1.reshape([BLOCK_C]), s2.reshape([BLOCK_C]), s3.reshape([BLOCK_C]), s4.reshape([BLOCK_C])
-    tl.store(out + 6, tl.sum(acc_b1, axis=0) * s1, mask=mask_c)
-    tl.store(out + 7, tl.sum(acc_b2, axis=0) * s2, mask=mask_c)
-    tl.store(out + 8, tl.sum(acc_b3, axis=0) * s3, mask=mask_c)
-    tl.store(out + 9, tl.sum(acc_b4, axis=0) * s4, mask=mask_c)
+    if FOLD > 1:
+        # UNIFORM with folded accumulators: the block's ten sums, partial[pid_s, pid_c, 0:10]
+        out = partial_ptr + (pid_s.to(tl.int64) * (CA // BLOCK_C) + pid_c) * 10
+        tl.store(out + 0, tl.sum(tl.sum(acc_a0, axis=1), axis=0))
+        tl.store(out + 1, tl.sum(tl.sum(acc_a1, axis=1), axis=0))
+        tl.store(out + 2, tl.sum(tl.sum(acc_a2, axis=1), axis=0))
+        tl.store(out + 3, tl.sum(tl.sum(acc_a3, axis=1), axis=0))
+        tl.store(out + 4, tl.sum(tl.sum(acc_a4, axis=1), axis=0))
+        tl.store(out + 5, tl.sum(tl.sum(acc_a5, axis=1), axis=0))
+        tl.store(out + 6, tl.sum(tl.sum(acc_b1, axis=1), axis=0) * s1)
+        tl.store(out + 7, tl.sum(tl.sum(acc_b2, axis=1), axis=0) * s2)
+        tl.store(out + 8, tl.sum(tl.sum(acc_b3, axis=1), axis=0) * s3)
+        tl.store(out + 9, tl.sum(tl.sum(acc_b4, axis=1), axis=0) * s4)
+    else:
+        out = partial_ptr + (pid_s.to(tl.int64) * CA + ca.to(tl.int64)) * 10
+        tl.store(out + 0, tl.sum(acc_a0, axis=0), mask=mask_c)
+        tl.store(out + 1, tl.sum(acc_a1, axis=0), mask=mask_c)
+        tl.store(out + 2, tl.sum(acc_a2, axis=0), mask=mask_c)
+        tl.store(out + 3, tl.sum(acc_a3, axis=0), mask=mask_c)
+        tl.store(out + 4, tl.sum(acc_a4, axis=0), mask=mask_c)
+        tl.store(out + 5, tl.sum(acc_a5, axis=0), mask=mask_c)
+        if not UNIFORM:  # per-column [1, BLOCK_C] rows; scalars otherwise
+            s1, s2, s3, s4 = s1.reshape([BLOCK_C]), s2.reshape([BLOCK_C]), s3.reshape([BLOCK_C]), s4.reshape([BLOCK_C])
+        tl.store(out + 6, tl.sum(acc_b1, axis=0) * s1, mask=mask_c)
+        tl.store(out + 7, tl.sum(acc_b2, axis=0) * s2, mask=mask_c)
+        tl.store(out + 8, tl.sum(acc_b3, axis=0) * s3, mask=mask_c)
+        tl.store(out + 9, tl.sum(acc_b4, axis=0) * s4, mask=mask_c)
 
 
 def compile_signature(kernel, dtype: str) -> dict:
