@@ -3,7 +3,8 @@
 # look there): device tool `run` with carry [".data/golden"].
 #   STAGE=check  bash scripts/gpu_session.sh   (~8 min) op tests on the real kernels, op bench with
 #                CUDA graphs (bf16 first: #2's targets; tuning choices in $OUT/tuning.json), the
-#                one-wave grid's KAT_ONE_WAVE=0 A/B, host time per call, one quick model pair, fp32.
+#                one-wave grid's KAT_ONE_WAVE=0 A/B and the folded accumulators' KAT_FOLD=0 A/B,
+#                host time per call, one quick model pair, fp32.
 #   STAGE=hostab bash scripts/gpu_session.sh   (~4 min) scripts/host_ab.py, tiny and small: the eager
 #                train step with one thing changed at a time (GELU for the rationals, a Python
 #                Function around GELU, Triton's own launch path, gc frozen), interleaved rounds
@@ -36,6 +37,10 @@ check)
   # A/B of the backward's one-wave grid: the same configs (read from the tuning file), old grid
   KAT_ONE_WAVE=0 timeout 100 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs \
     --json "$OUT/op_bf16_guessgrid.json" 2>&1 | tail -3 | tee "$OUT/op_bf16_guessgrid.txt"
+  pack
+  # A/B of folded backward accumulators (FOLD configs): the tuned configs run unfolded
+  KAT_FOLD=0 timeout 100 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs \
+    --json "$OUT/op_bf16_nofold.json" 2>&1 | tail -3 | tee "$OUT/op_bf16_nofold.txt"
   pack
   timeout 60 python3 scripts/host_overhead.py --json "$OUT/host.json" 2>&1 | tee "$OUT/host.txt"
   pack
