@@ -128,6 +128,16 @@ def test_fold_configs_are_timed_only_where_they_fold():
         assert all(cfg in candidates for cfg in kernels.BWD_CONFIGS if len(cfg) < 6)
 
 
+def test_fold_off_keeps_fold_configs_as_candidates(monkeypatch):
+    """KAT_FOLD=0: a config that folds elsewhere stays a candidate and runs unfolded, so a tuning
+    file's choice is found again (the A/B compares the same config folded and not)."""
+    monkeypatch.setattr(fn, "_FOLD_ON", False)
+    cfg = (16, 64, 4, False, 0, 8)
+    assert fn._fold(cfg, 384) == 1 and fn._bwd_consts(cfg, 384)["FOLD"] == 1
+    monkeypatch.setattr(kernels, "BWD_CONFIGS", [(8, 64, 4, False), cfg])
+    assert fn._bwd_candidates(384) == [(8, 64, 4, False), cfg]
+
+
 @pytest.mark.parametrize("select,row_reduce", [(False, False), (True, True)])
 @pytest.mark.parametrize("c,groups,shared,channels_first,dtype", [
     (512, 8, True, False, torch.float32),    # group size 64: one 64-wide block per group

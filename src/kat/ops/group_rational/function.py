@@ -230,9 +230,11 @@ def _partial_columns(cfg, ca: int, group_size: int) -> int:
 def _bwd_candidates(group_size: int) -> list:
     """The backward configs worth timing at this group size: those asking to fold (a sixth entry)
     only where folding applies; elsewhere they would repeat their unfolded twin (a list of nothing
-    but such configs is kept whole: they then run unfolded)."""
+    but such configs is kept whole: they then run unfolded). With KAT_FOLD=0 all stay, so a tuning
+    file's folding winner is found and runs unfolded: the A/B that switch is for)."""
     configs = _kernels().BWD_CONFIGS
-    return [cfg for cfg in configs if len(cfg) < 6 or cfg[5] <= 1 or _fold(cfg, group_size) > 1] or configs
+    return [cfg for cfg in configs
+            if len(cfg) < 6 or cfg[5] <= 1 or not _FOLD_ON or _fold(cfg, group_size) > 1] or configs
 
 
 def _uniform(block_c: int, group_size: int) -> bool:
