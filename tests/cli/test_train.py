@@ -127,6 +127,22 @@ def test_torchrun_two_processes_match_one_process_first_step(tmp_path):
         assert r["steady_img_per_s"] > 0
 
 
+def test_torchrun_with_compile_matches_eager_first_step(tmp_path):
+    """DDP over a torch.compile'd model (Dynamo splits the graph at DDP's buckets): two processes
+    train, and the first step's loss is the eager DDP run's (the scaling measurement with GPU-bound
+    steps, `--compile reduce-overhead` under torchrun, takes this path on the GPU)."""
+    common = TINY + ["--no-shuffle", "--no-augment", "--drop-path", "0", "--smoothing", "0", "--max-steps", "2",
+                     "--epochs", "1", "--batch-size", "8"]
+    eager = _torchrun(2, tmp_path / "eager", common)
+    assert eager.returncode == 0, eager.stderr[-2000:]
+    compiled = _torchrun(2, tmp_path / "compiled", common + ["--compile"], timeout=420)
+    assert compiled.returncode == 0, compiled.stderr[-2000:]
+    for r in (0, 1):
+        assert f"[rank {r}] rank {r} of 2 finished after 2 steps" in compiled.stderr
+    assert _result(tmp_path / "compiled")["first_loss"] == pytest.approx(
+        _result(tmp_path / "eager")["first_loss"], rel=1e-5)
+
+
 def test_synthetic_on_device_trains_like_the_host_pipeline(tmp_path):
     """--synthetic-on-device feeds the same batches without a host data pipeline: same step-1 loss
     and the same weights after three steps as the DataLoader path, shuffled."""
