@@ -9,14 +9,14 @@ that ``import kat`` never imports Triton. ``KAT_AUTOTUNE``, ``KAT_UNIFORM`` and 
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import math
 import os
 
 import torch
 
-from .launch import _INTERPRET, _Launch, _launch_guard
+from .launch import _INTERPRET, _Launch, _cdiv, _device_sms, _launch_guard
+from .reduction import _Reduction
 from .tuning import Tuner
 
 __all__ = ["GroupRationalFunction", "Plan", "triton_available", "triton_supports", "MAX_ORDER"]
@@ -110,15 +110,6 @@ def _padded(coef: torch.Tensor, width: int) -> torch.Tensor:
     return coef.contiguous()
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def _num_splits(x: torch.Tensor, s: int, block_s: int, blocks: int, warps: int,
                 resident: int | None = None) -> int:
     """Programs along the stream axis in backward, never more than there are stream tiles. With
@@ -126,8 +117,7 @@ def _num_splits(x: torch.Tensor, s: int, block_s: int, blocks: int, warps: int,
     wave: every program starts at once and none waits for a second wave (at ~95 registers per
     thread five 4-warp programs fit, and the old target of 32 warps per SM asked for 1.6 waves).
     Without it (not yet known, the interpreter): enough for ~32 resident warps per SM."""
-    sms = _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()) \
-        if x.device.type == "cuda" else 2
+    sms = _device_sms(x.device)
     if resident:
         return max(1, min(_cdiv(s, block_s), (sms * resident) // blocks))
     return max(1, min(_cdiv(s, block_s), _cdiv(sms * max(1, 32 // warps), blocks)))
@@ -338,7 +328,6 @@ def _(x, numerator, denominator, channel_dim):
 def _backward(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor,
               denominator: torch.Tensor, channel_dim: int
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    kernels = _kernels()
     channel_dim %= x.dim()
     layout, x2, a, b, a_stride, c, groups = _operands(x, numerator, denominator, channel_dim)
     gx, gx2 = _empty_matrix(x, channel_dim, layout, x.dtype)
@@ -359,53 +348,6 @@ def _backward(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor,
         red = _Reduction(x.device, partial.shape[0] * outer, groups, partial.shape[1] // (outer * groups),
                          numerator.shape[1], denominator.shape[1], numerator.shape[0] == 1)
         return (gx, *red(partial, numerator, denominator))
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
-
-class _Reduction:
-    """The two launches that turn the backward's partial sums, read as (rows, G, GS, NUM_ACC),
-    into coefficient gradients: per (group, block of rows) sums into a (RS, G, 16) scratch, then one
-    program that sums the blocks (and the groups, for a shared numerator). Grid and block sizes are
-    fixed per shape, so the summation order, hence the result, is the same on every call."""
-
-    __slots__ = ("rows", "groups", "gs", "num_m", "num_n", "shared", "rs", "per", "partials", "final")
-
-    def __init__(self, device: torch.device, rows: int, groups: int, gs: int, num_m: int, num_n: int,
-                 shared: bool, sms: int | None = None):
-        kernels = _kernels()
-        self.rows, self.groups, self.gs, self.num_m, self.num_n, self.shared = rows, groups, gs, num_m, num_n, shared
-        block_j = min(64, _pow2(gs))
-        block_r = max(1, 4096 // (block_j * 16))
-        if sms is None:
-            sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
-                if device.type == "cuda" else 2
-        # about two programs per SM, at most 64 row blocks (the final program reads them all)
-        rs = max(1, min(64, _cdiv(rows, block_r), _cdiv(2 * sms, groups)))
-        self.per = _cdiv(rows, rs)
-        self.rs = _cdiv(rows, self.per)
-        block_rs = _pow2(self.rs)
-        self.partials = _Launch(kernels.coefficient_partials_kernel, (groups, self.rs),
-                                {"BLOCK_R": block_r, "BLOCK_J": block_j}, 4, 2)
-        self.final = _Launch(kernels.coefficient_grads_kernel, (1,),
-                             {"SHARED": shared, "BLOCK_RS": block_rs,
-                              "BLOCK_G": max(1, min(_pow2(groups), 4096 // (block_rs * 16)))}, 4, 3)
-
-    def __call__(self, partial: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor):
-        """(grad_numerator, grad_denominator) in the coefficients' dtypes, from ``partial``."""
-        dev = partial.device
-        scratch = torch.empty((self.rs, self.groups, 16), dtype=torch.float32, device=dev)
-        gnum = torch.empty((1 if self.shared else self.groups, self.num_m), dtype=torch.float32, device=dev)
-        gden = torch.empty((self.groups, self.num_n), dtype=torch.float32, device=dev)
-        self.partials(partial, scratch, self.rows, self.groups, self.gs, self.per)
-        self.final(scratch, gnum, gden, self.rs, self.groups, self.num_m, self.num_n)
-        if numerator.dtype != gnum.dtype:
-            gnum = gnum.to(numerator.dtype)
-        if denominator.dtype != gden.dtype:
-            gden = gden.to(denominator.dtype)
-        return gnum, gden
 
 
 @torch.library.custom_op("kat::group_rational_bwd", mutates_args=())
@@ -499,9 +441,9 @@ def _plannable(x: torch.Tensor) -> bool:
 
 def _plan_function(plan: Plan):
     """An autograd.Function bound to ``plan``: ``apply(x, numerator, denominator)``. The plan is
-    reached through the closure, so no attribute is set on the autograd context: each call leaves
-    one fewer Python object alive until its backward (those objects are what make the garbage
-    collector run during training steps), and apply has no non-tensor arguments to sort out."""
+    reached through the closure, so no attribute is set on the autograd context and apply has no
+    non-tensor arguments to sort out (a little host time per call; the garbage collector, counted
+    on the H200, does not run during training steps either way)."""
 
     class PlannedGroupRational(torch.autograd.Function):
         @staticmethod

@@ -1,14 +1,33 @@
 """Launching the kernels with little host time: a kernel at a fixed config and grid (``_Launch``)
 goes through Triton's JIT on its first call and then, on CUDA, straight through the compiled
-binary's launcher. ``TRITON_INTERPRET`` and ``KAT_DIRECT_LAUNCH`` are read at import."""
+binary's launcher; plus the small helpers every launcher sizes its grid with. ``TRITON_INTERPRET``
+and ``KAT_DIRECT_LAUNCH`` are read at import."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _device_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device``'s GPU, for sizing grids; 2 off the GPU (the
+    interpreter), where grids only need to be small."""
+    if device.type != "cuda":
+        return 2
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def _launch_guard(x: torch.Tensor):

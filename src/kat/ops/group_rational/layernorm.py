@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from .function import _Reduction, _cdiv, _padded, _plannable, _pow2, _sm_count, triton_supports
-from .launch import _Launch, _launch_guard
+from .function import _padded, _plannable, triton_supports
+from .launch import _Launch, _cdiv, _device_sms, _launch_guard
+from .reduction import _pow2, _Reduction
 
 __all__ = ["LN_MAX_CHANNELS", "layernorm_rational", "layernorm_rational_backward", "layernorm_rational_supported",
            "LayerNormRationalFunction"]
@@ -91,8 +92,7 @@ def layernorm_rational_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: t
         # about 4 elements of a tile per thread: ptxas (sm_90) 103-167 registers, no spills, C <= 1024
         block_m = max(1, 1024 // block_c)
         warps = min(32, max(4, block_m * block_c // 128))
-        sms = _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()) \
-            if x.device.type == "cuda" else 2
+        sms = _device_sms(x.device)
         programs = max(1, min(_cdiv(s, block_m), sms * max(1, 16 // warps)))
         launch = _Launch(_ln_kernels().layernorm_rational_bwd_kernel, (programs,),
                          {"BLOCK_M": block_m, "BLOCK_C": block_c}, warps, 9)
