@@ -12,6 +12,8 @@
 #                fused (--fuse-norm-act1)
 #   STAGE=compile bash scripts/gpu_session.sh  (~8 min) both sides compiled, modes default and
 #                reduce-overhead, tiny and small (IMPL=torch: the rational as plain PyTorch)
+#   STAGE=final bash scripts/gpu_session.sh    (~5 min) the merged reduction's GPU tests, bf16 op bench
+#                and its KAT_MERGED_REDUCTION=0 A/B
 #   STAGE=profile bash scripts/gpu_session.sh  (~3 min) KAT-T vs ViT-T step: eager vs CUDA graph, host-
 #                device syncs and direct/JIT launches per step, and torch.profiler tables by host
 #                and GPU time (where KAT-T's extra ~15 ms/step goes)
@@ -49,6 +51,19 @@ check)
     | grep -E "^tiny|Error" | tee "$OUT/model_quick.txt"
   pack
   timeout 150 python3 -m kat.cli.bench op --providers kat --dtypes fp32 --cuda-graphs --json "$OUT/op_fp32.json" 2>&1 | tee "$OUT/op_fp32.txt"
+  pack
+  ;;
+final)
+  # the one-launch coefficient reduction and the new tuner candidates: GPU tests first, then the
+  # bf16 op bench (fresh tuning) and the same configs with the two-launch reduction (A/B)
+  KAT_AUTOTUNE=0 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/ops/test_fast_path.py \
+    tests/test_norm_act1.py -k "reduction or fold or graph or backward_matches or same_keys" --tb=short 2>&1 | tail -30 | tee "$OUT/pytest.txt"
+  pack
+  export KAT_TUNE_CACHE=$OUT/tuning.json
+  timeout 150 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs --json "$OUT/op_bf16.json" 2>&1 | tee "$OUT/op_bf16.txt"
+  pack
+  KAT_MERGED_REDUCTION=0 timeout 60 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs \
+    --json "$OUT/op_bf16_twolaunch.json" 2>&1 | tail -3 | tee "$OUT/op_bf16_twolaunch.txt"
   pack
   ;;
 models)

@@ -11,6 +11,7 @@ import kat
 from kat.ops.group_rational import function as fn
 from kat.ops.group_rational import kernels
 from kat.ops.group_rational import launch as launching
+from kat.ops.group_rational import reduction
 from tests.helpers import formula64, rel_err
 from tests.ops.test_group_rational import _check, _coeffs
 
@@ -424,6 +425,85 @@ def test_coefficient_reduction_matches_a_float64_sum(rows, groups, gs, shared, s
         scale = partial.abs().double().sum().item() / groups
         assert (gnum.double() - want_num).abs().max() <= 1e-5 * scale
         assert (gden.double() - want_den).abs().max() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("rows,groups,gs,shared", [
+    (352, 8, 24, True),    # 33 row blocks x 8 groups: 264 programs draw tickets
+    (37, 96, 2, False),    # the final sum's group loop runs twice
+    (5, 3, 7, True),       # one row block
+])
+def test_one_launch_reduction_equals_two_launches_bitwise(rows, groups, gs, shared, device, monkeypatch):
+    """The merged reduction (the first stage's last program writes the gradients) sums the same
+    numbers in the same order as the two-launch form: bitwise-equal results. Its counter is back
+    at zero after every call, so the next call's tickets start again at 0."""
+    torch.manual_seed(rows)
+    partial = torch.randn(rows, groups, gs, kernels.NUM_ACC, device=device)
+    num, den = torch.empty(1, 6, device=device), torch.empty(groups, 4, device=device)
+    red = fn._Reduction(device, rows, groups, gs, 6, 4, shared, sms=132)
+    monkeypatch.setattr(reduction, "_MERGED", False)
+    two = red(partial, num, den)
+    monkeypatch.setattr(reduction, "_MERGED", True)
+    counter = reduction._counter(partial.device)
+    assert counter is not None and counter.dtype == torch.int32 and counter.data_ptr() % 16 == 0
+    for _ in range(3):
+        one = red(partial, num, den)
+        assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+        assert counter.item() == 0
+    assert reduction._counter(partial.device) is counter  # one counter per stream, reused
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="concurrent programs, streams and graphs need a GPU")
+def test_one_launch_reduction_under_load_on_the_gpu(monkeypatch):
+    """On a real GPU the last-program handoff (barrier, acquire-release ticket, L2 reads) must
+    see every other program's scratch row: 300 back-to-back calls on two streams at once, and a
+    CUDA graph replayed between them, all equal the two-launch result bit for bit; every counter
+    ends at zero."""
+    torch.manual_seed(0)
+    dev = torch.device("cuda", torch.cuda.current_device())
+    partials = [torch.randn(352, 8, 24, kernels.NUM_ACC, device=dev) for _ in range(3)]
+    num, den = torch.empty(1, 6, device=dev), torch.empty(8, 4, device=dev)
+    red = fn._Reduction(dev, 352, 8, 24, 6, 4, True)
+    monkeypatch.setattr(reduction, "_MERGED", False)
+    want = [red(p, num, den) for p in partials]
+    monkeypatch.setattr(reduction, "_MERGED", True)
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    for s in streams:
+        s.wait_stream(torch.cuda.current_stream())
+    graph, side = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        red(partials[0], num, den)  # the pool exists before the capture
+    torch.cuda.current_stream().wait_stream(side)
+    with torch.cuda.graph(graph):
+        captured = red(partials[0], num, den)
+    outs = []
+    for i in range(300):
+        s = streams[i % 2]
+        with torch.cuda.stream(s):
+            outs.append((i % 3, red(partials[i % 3], num, den)))
+        if i % 50 == 0:
+            graph.replay()
+    torch.cuda.synchronize()
+    for k, (gnum, gden) in outs:
+        assert torch.equal(gnum, want[k][0]) and torch.equal(gden, want[k][1])
+    assert torch.equal(captured[0], want[0][0]) and torch.equal(captured[1], want[0][1])
+    pool, used = reduction._POOLS[dev]
+    assert used >= 3 and int(pool.abs().sum()) == 0
+
+
+def test_reduction_counters_fall_back_to_two_launches(monkeypatch):
+    """No counter (and so the two-launch form) where the pool is used up or would have to be
+    created inside a CUDA graph capture; a captured call gets a counter of its own."""
+    dev = torch.device("cpu")
+    monkeypatch.setattr(reduction, "_POOLS", {})
+    monkeypatch.setattr(reduction, "_STREAM_COUNTERS", {})
+    assert reduction._new_counter(dev, capturing=True) is None  # no pool yet: cannot zero one now
+    a = reduction._new_counter(dev, capturing=False)
+    b = reduction._new_counter(dev, capturing=True)  # the pool exists: a fresh slot
+    assert a is not None and b is not None and b.data_ptr() - a.data_ptr() == 16
+    reduction._POOLS[dev][1] = reduction._POOL_SLOTS
+    assert reduction._new_counter(dev, capturing=False) is None
+    assert reduction._counter(dev) is None  # this stream had none yet, and none is left
 
 
 @pytest.mark.parametrize("n_regs,shared,warps,expected", [

@@ -42,6 +42,7 @@ SCRIPT = textwrap.dedent('''
     # the coefficient reduction (fp32 only: it reads the backward's fp32 partial sums)
     red = fn._Reduction(None, 352, 8, 24, 6, 4, True, sms=132)
     reductions = [(kernels.coefficient_partials_kernel, red.partials.consts),
+                  (kernels.coefficient_partials_kernel, red.merged.consts),  # last program finishes
                   (kernels.coefficient_grads_kernel, red.final.consts),
                   (kernels.coefficient_grads_kernel, dict(red.final.consts, SHARED=False))]
     for kernel, constexprs in reductions:
@@ -90,4 +91,4 @@ def test_kernels_compile_for_sm90():
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count(" ok") == 40, run.stdout
+    assert run.stdout.count(" ok") == 41, run.stdout

@@ -54,8 +54,10 @@ else:
                    (32, 128, 4, True), (16, 128, 4, True), (16, 256, 4, True), (8, 256, 2, True),
                    (8, 256, 1, True), (4, 256, 1, True), (8, 128, 1, True),
                    # 32 wide: divides the group sizes of C = 768 (96) and 384 (48), so the UNIFORM
-                   # (scalar-coefficient) variant applies there too; not yet timed on a GPU
-                   (32, 32, 1, False), (16, 32, 1, False), (64, 32, 2, False)]
+                   # (scalar-coefficient) variant applies there too; (64, 32, 2) won at 768 on the H200
+                   (32, 32, 1, False), (16, 32, 1, False), (64, 32, 2, False),
+                   # fewer, larger programs than the C = 768 winner (64, 32, 2): not yet timed
+                   (128, 32, 4, False)]
     # Backward configs whose sm_90 build spills registers to the stack in the uniform bf16 variant
     # (ptxas via Triton 3.8, 2026-11-29: (4, 256, 1, False) 1440 bytes; ROW_REDUCE (32, 128, 4),
     # (16, 256, 4), (8, 256, 2), (8, 512, 4), (32, 64, 2) 496-784 bytes; (16, 128, 4), (8, 256, 4),
@@ -79,7 +81,13 @@ else:
                    # 3.8: (16, 64, 4) 161 -> 95 registers, 72 with STAGES, for ~53 instructions per
                    # element against 48; not yet timed on a GPU)
                    (16, 64, 4, False, 0, 8), (16, 64, 4, False, 3, 8), (8, 128, 4, False, 3, 8),
-                   (16, 32, 2, False, 3, 8), (8, 32, 1, False, 3, 8)]
+                   (16, 32, 2, False, 3, 8), (8, 32, 1, False, 3, 8),
+                   # neighbours of the first GPU run's winners (2026-11-30: (8, 128, 4, F, 3, 8) at
+                   # C = 3072, (8, 32, 1, F, 3, 8) at 768, bf16; both 168 registers in the sm_90
+                   # build by Triton 3.8), not yet timed: a deeper pipeline, and half the rows (96
+                   # registers). (8, 128, 2) and (16, 32, 1) spill there and were left out.
+                   (8, 128, 4, False, 4, 8), (4, 128, 4, False, 3, 8),
+                   (8, 32, 1, False, 4, 8), (4, 32, 1, False, 3, 8)]
 
 
 @triton.jit
@@ -422,28 +430,37 @@ def group_rational_bwd_kernel(
 def compile_signature(kernel, dtype: str) -> dict:
     """Triton signature to compile ``kernel`` ahead of time (tests/ops/test_kernel_build.py,
     scripts/kernel_regs.py): data pointers in ``dtype`` ("fp32"/"bf16"/"fp16"), coefficient and
-    partial-sum pointers fp32, integers i32, constexprs as such."""
+    partial-sum pointers fp32, the reduction's counter i32, integers i32, constexprs as such."""
     sig = {}
     for p in kernel.params:
         if p.is_constexpr:
             sig[p.name] = "constexpr"
         elif p.name.endswith("_ptr"):
-            sig[p.name] = "*" + dtype if p.name in ("x_ptr", "y_ptr", "go_ptr", "gx_ptr", "gy_ptr") else "*fp32"
+            sig[p.name] = ("*" + dtype if p.name in ("x_ptr", "y_ptr", "go_ptr", "gx_ptr", "gy_ptr")
+                           else "*i32" if p.name == "count_ptr" else "*fp32")
         else:
             sig[p.name] = "fp32" if p.name == "eps" else "i32"
     return sig
 
 
 # ---------------------------------------------------------------------------------------------
-# Coefficient gradients from the backward's partial sums, in two small launches instead of
-# several torch reductions (less host time per backward). The partial buffer is read as
+# Coefficient gradients from the backward's partial sums, in one or two small launches instead
+# of several torch reductions (less host time per backward). The partial buffer is read as
 # (ROWS, G, GS, NUM_ACC): ROWS = splits x outer copies of a channel, G groups of GS channels.
 
 @triton.jit
-def coefficient_partials_kernel(partial_ptr, scratch_ptr, ROWS, G, GS, ROWS_PER_PROGRAM,
-                                BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr):
+def coefficient_partials_kernel(partial_ptr, scratch_ptr, count_ptr, gnum_ptr, gden_ptr,
+                                ROWS, G, GS, ROWS_PER_PROGRAM, NUM_M, NUM_N,
+                                BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr, FINISH: tl.constexpr,
+                                SHARED: tl.constexpr, BLOCK_RS: tl.constexpr, BLOCK_G: tl.constexpr):
     """Program (g, r): the ten sums of group g over rows [r * ROWS_PER_PROGRAM, ...) and all its
-    channels, to scratch[r, g, 0:16] (columns 10..15 zero). Fixed order: deterministic."""
+    channels, to scratch[r, g, 0:16] (columns 10..15 zero). Fixed order: deterministic.
+
+    FINISH: the program that finishes last also does coefficient_grads_kernel's work, so one launch
+    does both stages. Each program counts itself in ``count_ptr`` once its scratch row is written
+    (a barrier, then one acquire-release atomic: the classic last-block reduction); the program
+    that draws the last ticket reads all scratch rows through L2 and resets the counter to zero for
+    the next call. Which program that is varies; what it sums, and in which order, does not."""
     g = tl.program_id(0)
     rp = tl.program_id(1)
     col = tl.arange(0, BLOCK_J * 16)
@@ -462,14 +479,21 @@ def coefficient_partials_kernel(partial_ptr, scratch_ptr, ROWS, G, GS, ROWS_PER_
             acc += tl.load(partial_ptr + base[:, None] + (jj * 10 + k)[None, :], mask=mask, other=0.0)
     total = tl.sum(tl.reshape(tl.sum(acc, axis=0), [BLOCK_J, 16]), axis=0)
     tl.store(scratch_ptr + (rp * G + g) * 16 + tl.arange(0, 16), total)
+    if FINISH:
+        tl.debug_barrier()  # every thread's part of the scratch row is written before the ticket
+        ticket = tl.atomic_add(count_ptr, 1, sem="acq_rel")
+        if ticket == G * tl.num_programs(1) - 1:
+            _coefficient_sums(scratch_ptr, gnum_ptr, gden_ptr, tl.num_programs(1), G, NUM_M, NUM_N,
+                              SHARED, BLOCK_RS, BLOCK_G, ".cg")
+            tl.atomic_xchg(count_ptr, 0)
 
 
 @triton.jit
-def coefficient_grads_kernel(scratch_ptr, gnum_ptr, gden_ptr, RS, G, NUM_M, NUM_N,
-                             SHARED: tl.constexpr, BLOCK_RS: tl.constexpr, BLOCK_G: tl.constexpr):
-    """One program: sums scratch[0:RS, g, :] per group g (RS <= BLOCK_RS) and writes the
-    denominator gradients (G, NUM_N) and the numerator gradients, (1, NUM_M) summed over groups
-    when SHARED, else (G, NUM_M)."""
+def _coefficient_sums(scratch_ptr, gnum_ptr, gden_ptr, RS, G, NUM_M, NUM_N, SHARED: tl.constexpr,
+                      BLOCK_RS: tl.constexpr, BLOCK_G: tl.constexpr, CACHE: tl.constexpr):
+    """Sums scratch[0:RS, g, :] per group g (RS <= BLOCK_RS) and writes the denominator gradients
+    (G, NUM_N) and the numerator gradients, (1, NUM_M) summed over groups when SHARED, else
+    (G, NUM_M). CACHE ".cg": read through L2 only (rows other programs of the same launch wrote)."""
     rs = tl.arange(0, BLOCK_RS)
     k = tl.arange(0, 16)
     num = tl.zeros([16], dtype=tl.float32)
@@ -477,7 +501,7 @@ def coefficient_grads_kernel(scratch_ptr, gnum_ptr, gden_ptr, RS, G, NUM_M, NUM_
         gi = g0 + tl.arange(0, BLOCK_G)
         ptrs = scratch_ptr + ((rs[:, None, None] * G + gi[None, :, None]) * 16 + k[None, None, :])
         mask = (rs < RS)[:, None, None] & (gi < G)[None, :, None] & (k < 16)[None, None, :]
-        per_group = tl.sum(tl.load(ptrs, mask=mask, other=0.0), axis=0)  # [BLOCK_G, 16]
+        per_group = tl.sum(tl.load(ptrs, mask=mask, other=0.0, cache_modifier=CACHE), axis=0)  # [BLOCK_G, 16]
         g_ok = (gi < G)[:, None]
         den_cols = ((k >= 6) & (k < 6 + NUM_N))[None, :]
         tl.store(gden_ptr + gi[:, None] * NUM_N + (k - 6)[None, :], per_group, mask=g_ok & den_cols)
@@ -487,3 +511,10 @@ def coefficient_grads_kernel(scratch_ptr, gnum_ptr, gden_ptr, RS, G, NUM_M, NUM_
             tl.store(gnum_ptr + gi[:, None] * NUM_M + k[None, :], per_group, mask=g_ok & (k < NUM_M)[None, :])
     if SHARED:
         tl.store(gnum_ptr + k, num, mask=k < NUM_M)
+
+
+@triton.jit
+def coefficient_grads_kernel(scratch_ptr, gnum_ptr, gden_ptr, RS, G, NUM_M, NUM_N,
+                             SHARED: tl.constexpr, BLOCK_RS: tl.constexpr, BLOCK_G: tl.constexpr):
+    """One program, the second stage where the first did not finish (see _coefficient_sums)."""
+    _coefficient_sums(scratch_ptr, gnum_ptr, gden_ptr, RS, G, NUM_M, NUM_N, SHARED, BLOCK_RS, BLOCK_G, "")

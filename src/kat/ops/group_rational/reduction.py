@@ -1,43 +1,95 @@
 """The deterministic reduction of the backward's per-program partial sums into coefficient
-gradients (two small Triton launches), shared by the group-rational backward and the fused
-LayerNorm + rational backward."""
+gradients, shared by the group-rational backward and the fused LayerNorm + rational backward.
+
+One launch where it can: the program of the first stage that finishes last also writes the
+gradients (a counter in device memory says which program that is). The counters come from one
+zeroed pool per device; every call leaves its counter at zero again. A stream keeps its counter
+(kernels on one stream run in order, so two calls never share it at once); a call captured into
+a CUDA graph gets a counter of its own, which the graph keeps, because a graph may be replayed on
+any stream. Where no counter is available (pool used up, or a capture before the pool exists),
+and with ``KAT_MERGED_REDUCTION=0``, the reduction runs as two launches."""
 from __future__ import annotations
+
+import os
 
 import torch
 
 from .launch import _Launch, _cdiv, _device_sms
+
+_MERGED = os.environ.get("KAT_MERGED_REDUCTION", "1") != "0"
+
+# Counters are int32 slots 16 bytes apart (the direct launch path wants 16-byte aligned pointers).
+_SLOT = 4
+_POOL_SLOTS = 4096
+_POOLS: dict = {}          # device -> [pool tensor, next free slot]
+_STREAM_COUNTERS: dict = {}  # (device, raw stream) -> counter (a view of one slot)
 
 
 def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-class _Reduction:
-    """The two launches that turn the backward's partial sums, read as (rows, G, GS, NUM_ACC),
-    into coefficient gradients: per (group, block of rows) sums into a (RS, G, 16) scratch, then one
-    program that sums the blocks (and the groups, for a shared numerator). Grid and block sizes are
-    fixed per shape, so the summation order, hence the result, is the same on every call."""
+def _new_counter(device: torch.device, capturing: bool):
+    entry = _POOLS.get(device)
+    if entry is None:
+        if capturing:
+            return None  # the pool must be zeroed outside a capture
+        entry = _POOLS[device] = [torch.zeros(_POOL_SLOTS * _SLOT, dtype=torch.int32, device=device), 0]
+    pool, nxt = entry
+    if nxt >= _POOL_SLOTS:
+        return None
+    entry[1] = nxt + 1
+    return pool[nxt * _SLOT:nxt * _SLOT + 1]
 
-    __slots__ = ("rows", "groups", "gs", "num_m", "num_n", "shared", "rs", "per", "partials", "final")
+
+def _counter(device: torch.device):
+    """The counter for a call on the current stream of ``device``, or None (two launches)."""
+    if device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            return _new_counter(device, True)
+        key = (device, torch._C._cuda_getCurrentRawStream(device.index))
+    else:
+        key = (device, 0)
+    counter = _STREAM_COUNTERS.get(key)
+    if counter is None:
+        counter = _new_counter(device, False)
+        if counter is not None:
+            _STREAM_COUNTERS[key] = counter
+    return counter
+
+
+class _Reduction:
+    """The launches that turn the backward's partial sums, read as (rows, G, GS, NUM_ACC), into
+    coefficient gradients: per (group, block of rows) sums into a (RS, G, 16) scratch, then the
+    sum of the blocks (and of the groups, for a shared numerator), done by the first stage's last
+    program or by a second, one-program launch. Grid and block sizes are fixed per shape, so the
+    summation order, hence the result, is the same on every call and either way."""
+
+    __slots__ = ("rows", "groups", "gs", "num_m", "num_n", "shared", "rs", "per", "partials", "merged",
+                 "final", "device")
 
     def __init__(self, device: torch.device, rows: int, groups: int, gs: int, num_m: int, num_n: int,
                  shared: bool, sms: int | None = None):
         from . import kernels  # lazy: ``import kat`` never imports Triton
         self.rows, self.groups, self.gs, self.num_m, self.num_n, self.shared = rows, groups, gs, num_m, num_n, shared
+        self.device = device
         block_j = min(64, _pow2(gs))
         block_r = max(1, 4096 // (block_j * 16))
         if sms is None:
             sms = _device_sms(device)
-        # about two programs per SM, at most 64 row blocks (the final program reads them all)
+        # about two programs per SM, at most 64 row blocks (the final sum reads them all)
         rs = max(1, min(64, _cdiv(rows, block_r), _cdiv(2 * sms, groups)))
         self.per = _cdiv(rows, rs)
         self.rs = _cdiv(rows, self.per)
         block_rs = _pow2(self.rs)
+        final = {"SHARED": shared, "BLOCK_RS": block_rs,
+                 "BLOCK_G": max(1, min(_pow2(groups), 4096 // (block_rs * 16)))}
+        first = {"BLOCK_R": block_r, "BLOCK_J": block_j}
         self.partials = _Launch(kernels.coefficient_partials_kernel, (groups, self.rs),
-                                {"BLOCK_R": block_r, "BLOCK_J": block_j}, 4, 2)
-        self.final = _Launch(kernels.coefficient_grads_kernel, (1,),
-                             {"SHARED": shared, "BLOCK_RS": block_rs,
-                              "BLOCK_G": max(1, min(_pow2(groups), 4096 // (block_rs * 16)))}, 4, 3)
+                                {**first, "FINISH": False, **final}, 4, 5)
+        self.merged = _Launch(kernels.coefficient_partials_kernel, (groups, self.rs),
+                              {**first, "FINISH": True, **final}, 4, 5)
+        self.final = _Launch(kernels.coefficient_grads_kernel, (1,), final, 4, 3)
 
     def __call__(self, partial: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor):
         """(grad_numerator, grad_denominator) in the coefficients' dtypes, from ``partial``."""
@@ -45,8 +97,15 @@ class _Reduction:
         scratch = torch.empty((self.rs, self.groups, 16), dtype=torch.float32, device=dev)
         gnum = torch.empty((1 if self.shared else self.groups, self.num_m), dtype=torch.float32, device=dev)
         gden = torch.empty((self.groups, self.num_n), dtype=torch.float32, device=dev)
-        self.partials(partial, scratch, self.rows, self.groups, self.gs, self.per)
-        self.final(scratch, gnum, gden, self.rs, self.groups, self.num_m, self.num_n)
+        counter = _counter(dev) if _MERGED else None
+        if counter is not None:
+            self.merged(partial, scratch, counter, gnum, gden, self.rows, self.groups, self.gs, self.per,
+                        self.num_m, self.num_n)
+        else:
+            # the counter pointer is unused without FINISH: any aligned buffer will do
+            self.partials(partial, scratch, scratch, gnum, gden, self.rows, self.groups, self.gs, self.per,
+                          self.num_m, self.num_n)
+            self.final(scratch, gnum, gden, self.rs, self.groups, self.num_m, self.num_n)
         if numerator.dtype != gnum.dtype:
             gnum = gnum.to(numerator.dtype)
         if denominator.dtype != gden.dtype:
