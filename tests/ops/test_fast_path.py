@@ -118,15 +118,44 @@ def test_backward_folded_blocks(cfg, c, groups, shared, channels_first, dtype, d
     assert torch.equal(again[2], folded[2]) and torch.equal(again[3], folded[3])
 
 
-def test_fold_configs_are_timed_only_where_they_fold():
+def test_fold_configs_are_timed_only_where_they_fold(monkeypatch):
     """A config asking to fold is a candidate only at group sizes its block width divides (else it
-    would repeat its unfolded twin and cost tuning time)."""
+    would repeat its unfolded twin and cost tuning time). Checked on the GPU's candidate list (the
+    interpreter's own list has no folding configs)."""
+    monkeypatch.setattr(kernels, "BWD_CONFIGS", kernels.GPU_BWD_CONFIGS)
     fold_cfgs = [cfg for cfg in kernels.BWD_CONFIGS if len(cfg) > 5 and cfg[5] > 1]
+    assert fold_cfgs
     for gs in (24, 96, 384):
         candidates = fn._bwd_candidates(gs)
         for cfg in fold_cfgs:
             assert (cfg in candidates) == (gs % cfg[1] == 0)
         assert all(cfg in candidates for cfg in kernels.BWD_CONFIGS if len(cfg) < 6)
+    assert any(cfg in fn._bwd_candidates(96) for cfg in fold_cfgs)  # C = 768: 96 per group
+
+
+def test_backward_tuning_times_the_kernel_with_its_reduction(monkeypatch, device):
+    """What the tuner times for a backward config is the kernel and the coefficient reduction of
+    its partial sums (their size depends on the config); the reduction is built once per partial
+    shape and the kernel's partial sums are what the timed call returns."""
+    x = torch.randn(3, 20, 64, device=device)
+    a, b = _coeffs(device=device)
+    built, ran = [], []
+
+    class Recording:
+        def __init__(self, partial, *args):
+            built.append(tuple(partial.shape))
+
+        def __call__(self, partial, numerator, denominator):
+            ran.append(tuple(partial.shape))
+
+    monkeypatch.setattr(fn, "_reduction_for", Recording)
+    x2, go2, gx2 = x.view(-1, 64), torch.randn(60, 64, device=device), torch.empty(60, 64, device=device)
+    launch = lambda cfg: fn._launch_bwd(x2, go2, gx2, a, b, 0, 64, 8, cfg)  # noqa: E731
+    timed = fn._with_reduction(launch, 64, 64, 8, a, b)
+    configs = [(8, 64, 4, False), (8, 64, 4, False), (4, 32, 1, False)]
+    outs = [timed(cfg) for cfg in configs]
+    assert ran == [tuple(p.shape) for p in outs] and len(built) == len({tuple(p.shape) for p in outs})
+    assert torch.equal(outs[0], outs[1])  # the same config, the same partial sums
 
 
 def test_fold_off_keeps_fold_configs_as_candidates(monkeypatch):

@@ -340,14 +340,36 @@ def _backward(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor,
         return _launch_bwd(x2, g2, gx2, a, b, a_stride, c, groups, cfg)
 
     with _launch_guard(x):
-        partial = launch(_TUNER.pick(("bwd", x.device, x.dtype, s, ca, c, groups),
-                                     _bwd_candidates(c // groups), launch))
-        # partial (splits, CA', NUM_ACC) = (splits x outer copies, G, GS', NUM_ACC): CA' = CA and
-        # GS' = GS, or both divided by BLOCK_C where the kernel folded each block into one column
-        outer = ca // c
-        red = _Reduction(x.device, partial.shape[0] * outer, groups, partial.shape[1] // (outer * groups),
-                         numerator.shape[1], denominator.shape[1], numerator.shape[0] == 1)
+        partial = launch(_TUNER.pick(("bwd", x.device, x.dtype, s, ca, c, groups), _bwd_candidates(c // groups),
+                                     _with_reduction(launch, ca, c, groups, numerator, denominator)))
+        red = _reduction_for(partial, ca, c, groups, numerator, denominator)
         return (gx, *red(partial, numerator, denominator))
+
+
+def _reduction_for(partial, ca: int, c: int, groups: int, numerator, denominator) -> _Reduction:
+    """The coefficient reduction for the backward's partial sums ``partial`` (splits, CA', NUM_ACC),
+    read as (splits x outer copies, G, GS', NUM_ACC): CA' = CA and GS' = GS, or both divided by
+    BLOCK_C where the kernel folded each block into one column."""
+    outer = ca // c
+    return _Reduction(partial.device, partial.shape[0] * outer, groups, partial.shape[1] // (outer * groups),
+                      numerator.shape[1], denominator.shape[1], numerator.shape[0] == 1)
+
+
+def _with_reduction(launch, ca: int, c: int, groups: int, numerator, denominator):
+    """What the tuner times for a backward config: its kernel (``launch(cfg)`` returns the partial
+    sums) and the coefficient reduction of those sums, whose size depends on the config (many
+    splits of per-channel partials cost a reduction comparable to the kernel at narrow widths)."""
+    reductions: dict = {}
+
+    def run(cfg):
+        partial = launch(cfg)
+        red = reductions.get(partial.shape)
+        if red is None:
+            red = reductions[partial.shape] = _reduction_for(partial, ca, c, groups, numerator, denominator)
+        red(partial, numerator, denominator)
+        return partial
+
+    return run
 
 
 @torch.library.custom_op("kat::group_rational_bwd", mutates_args=())
@@ -395,8 +417,9 @@ class Plan:
         with _launch_guard(x):
             fcfg = _TUNER.pick(("fwd", x.device, x.dtype, s, c, c, groups), kernels.FWD_CONFIGS,
                                lambda cfg: _launch_fwd(x2, y2, a, b, self.a_stride, c, groups, cfg))
-            bcfg = _TUNER.pick(("bwd", x.device, x.dtype, s, c, c, groups), _bwd_candidates(gs),
-                               lambda cfg: _launch_bwd(x2, go2, y2, a, b, self.a_stride, c, groups, cfg))
+            bcfg = _TUNER.pick(("bwd", x.device, x.dtype, s, c, c, groups), _bwd_candidates(gs), _with_reduction(
+                lambda cfg: _launch_bwd(x2, go2, y2, a, b, self.a_stride, c, groups, cfg), c, c, groups,
+                numerator, denominator))
         self.fwd = _Launch(kernels.group_rational_fwd_kernel, _fwd_grid(s, c, fcfg), _fwd_consts(fcfg, gs), fcfg[2], 4)
         if _should_learn(x, _resident_key(x, bcfg, gs)):  # a config not timed here (tuning file, KAT_AUTOTUNE=0)
             with _launch_guard(x):
