@@ -14,6 +14,8 @@
 #                reduce-overhead, tiny and small (IMPL=torch: the rational as plain PyTorch)
 #   STAGE=final bash scripts/gpu_session.sh    (~5 min) the merged reduction's GPU tests, bf16 op bench
 #                and its KAT_MERGED_REDUCTION=0 A/B
+#   STAGE=profile-compile bash scripts/gpu_session.sh  (~5 min) the same for torch.compile'd models
+#                (default mode): graphs, graph breaks, launches per step, host time by operator
 #   STAGE=profile bash scripts/gpu_session.sh  (~3 min) KAT-T vs ViT-T step: eager vs CUDA graph, host-
 #                device syncs and direct/JIT launches per step, and torch.profiler tables by host
 #                and GPU time (where KAT-T's extra ~15 ms/step goes)
@@ -94,6 +96,13 @@ hostab)
   ;;
 profile)
   timeout 240 python3 scripts/profile_step.py --size tiny --out "$OUT" 2>&1 | tee "$OUT/profile_step.txt"
+  pack
+  ;;
+profile-compile)
+  # compiled (Inductor default mode) KAT-T trains at ~0.6x compiled ViT-T while with CUDA graphs
+  # it is at ~0.95x: count graphs, breaks and launches per step, and where the host time goes
+  timeout 400 python3 scripts/profile_step.py --size tiny --compile default --out "$OUT" 2>&1 \
+    | tee "$OUT/profile_step_compile.txt"
   pack
   ;;
 esac

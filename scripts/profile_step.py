@@ -10,7 +10,11 @@ step `kat-bench model` times):
   host time can be attributed to operators (the rational's Function, launches, reductions, ...),
   and by GPU time, so the GPU-side difference can be attributed to kernels.
 
-    PYTHONPATH=src python scripts/profile_step.py --size tiny [--fuse-norm-act1] [--out DIR]
+- with --compile MODE both models run through torch.compile (Dynamo reset per model): graphs and
+  graph breaks Dynamo made, kernel launches per step from the profiler (the host cost of a compiled
+  step is mostly launches, Inductor's and kat's custom ops'), and the same host/GPU tables.
+
+    PYTHONPATH=src python scripts/profile_step.py --size tiny [--fuse-norm-act1] [--compile MODE] [--out DIR]
 """
 from __future__ import annotations
 
@@ -76,6 +80,8 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--out", default=".")
     p.add_argument("--fuse-norm-act1", action="store_true", help="KAT with norm2 + act1 fused (NormAct1)")
+    p.add_argument("--compile", default=None, choices=["default", "reduce-overhead"],
+                   help="profile the step of torch.compile'd models (no CUDA-graph timing then)")
     args = p.parse_args()
     import timm
 
@@ -83,6 +89,7 @@ def main():
     from kat.cli.bench import _graphed, _time_loop
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    suffix = f"_compile_{args.compile}" if args.compile else ""
     summary = {}
     for fam in ("vit", "kat"):
         name = f"{fam}_{args.size}_patch16_224"
@@ -92,17 +99,29 @@ def main():
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True, capturable=True)
         x = torch.randn(args.batch, 3, 224, 224, device="cuda")
         y = torch.randint(0, 1000, (args.batch,), device="cuda")
+        run = model
+        if args.compile:
+            import torch._dynamo
+            from torch._dynamo.utils import counters
+            torch._dynamo.reset()  # timm's ViTs (KAT too) share forward's code object
+            counters.clear()
+            run = torch.compile(model, mode=args.compile, dynamic=False)
 
         def step():
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
+                loss = torch.nn.functional.cross_entropy(run(x), y)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=False)
 
         eager = _time_loop(step, args.steps, 5)
+        if args.compile:
+            summary[name + "_dynamo"] = {
+                "unique_graphs": counters["stats"].get("unique_graphs", 0),
+                "graph_breaks": dict(counters["graph_break"])}
+            print(f"{name}: dynamo {summary[name + '_dynamo']}")
         summary[name + "_checks"] = _step_checks(step)
-        _cprofile(step, out / f"cprofile_{name}.txt")
+        _cprofile(step, out / f"cprofile_{name}{suffix}.txt")
         print(f"{name}: {summary[name + '_checks']}")
         from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -112,20 +131,25 @@ def main():
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
         # and the same 5 steps by GPU time: which kernels (the rational's, the reductions, casts)
         kernels = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30)
-        (out / f"profile_{name}.txt").write_text(f"By host time (self CPU), 5 steps:\n{table}\n\n"
+        (out / f"profile_{name}{suffix}.txt").write_text(f"By host time (self CPU), 5 steps:\n{table}\n\n"
                                                  f"By GPU time (self CUDA), 5 steps:\n{kernels}\n")
         events = prof.key_averages()
         host_ms = sum(e.self_cpu_time_total for e in events) / 1e3 / 5
         gpu_ms = sum(getattr(e, "self_device_time_total", 0) for e in events) / 1e3 / 5
-        graph = _time_loop(_graphed(step), args.steps, 3)
-        summary[name] = {"eager_ms": eager * 1e3, "graph_ms": graph * 1e3,
-                         "profiled_host_ms_per_step": host_ms, "profiled_gpu_ms_per_step": gpu_ms}
-        print(f"{name}: eager {eager * 1e3:.2f} ms/step, CUDA graph {graph * 1e3:.2f} ms/step; "
-              f"profiled per step: host (self CPU) {host_ms:.2f} ms, GPU kernels {gpu_ms:.2f} ms")
+        launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx",
+                                                              "cudaLaunchKernelExC", "cudaGraphLaunch")) / 5
+        graph = None if args.compile else _time_loop(_graphed(step), args.steps, 3)
+        summary[name] = {"eager_ms": eager * 1e3, "graph_ms": graph and graph * 1e3,
+                         "profiled_host_ms_per_step": host_ms, "profiled_gpu_ms_per_step": gpu_ms,
+                         "launches_per_step": launches}
+        print(f"{name}: {'compiled (' + args.compile + ')' if args.compile else 'eager'} {eager * 1e3:.2f} ms/step"
+              + ("" if graph is None else f", CUDA graph {graph * 1e3:.2f} ms/step")
+              + f"; profiled per step: host (self CPU) {host_ms:.2f} ms, GPU kernels {gpu_ms:.2f} ms, "
+              f"{launches:.0f} kernel/graph launches")
         print("\n".join(table.splitlines()[:18]))
-        del model, opt
+        del model, opt, run
         torch.cuda.empty_cache()
-    (out / "profile_step.json").write_text(json.dumps(summary, indent=1))
+    (out / f"profile_step{suffix}.json").write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
