@@ -328,7 +328,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for dt in args.dtypes:
             for c in args.channels:
                 rows += bench_op((args.batch, args.tokens, c), DTYPES[dt], args.providers, bw, args.cuda_graphs)
+                # what a plain copy of x's size reaches (a short copy pays launch and ramp costs the
+                # 2 GB reference copy does not): the op's fractions read against this too
+                nbytes = args.batch * args.tokens * c * DTYPES[dt].itemsize
+                size_frac = copy_bandwidth(nbytes) / bw
+                _log.info("copy of x's %.1f MB alone: %.0f%% of the reference copy bandwidth", nbytes / 1e6,
+                          100 * size_frac)
                 for r in rows[-len(args.providers):]:
+                    r["same_size_copy_bw_frac"] = size_frac
                     line = "%-8s %-5s C=%-5d fwd %.4f ms (%3.0f%%)  fwd+bwd %.4f ms (%3.0f%%)" % (
                         r["provider"], dt, c, r["fwd_ms"], 100 * r["fwd_bw_frac"], r["fwd_bwd_ms"],
                         100 * r["fwd_bwd_bw_frac"])
