@@ -535,6 +535,26 @@ def test_reduction_counters_fall_back_to_two_launches(monkeypatch):
     assert reduction._counter(dev) is None  # this stream had none yet, and none is left
 
 
+def test_reduction_counters_are_distinct_across_threads(monkeypatch):
+    """Slots handed out while several threads ask at once are all different (two calls sharing a
+    counter at the same time would each see the other's tickets)."""
+    import threading
+    dev = torch.device("cpu")
+    monkeypatch.setattr(reduction, "_POOLS", {})
+    got, start = [], threading.Barrier(8)
+
+    def take():
+        start.wait()
+        got.extend(reduction._new_counter(dev, capturing=False).data_ptr() for _ in range(50))
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 400 and len(set(got)) == 400
+
+
 @pytest.mark.parametrize("n_regs,shared,warps,expected", [
     (95, 0, 4, 5),         # 96 x 32 = 3072 registers a warp: 21 warps of 64K -> five 4-warp programs
     (80, 0, 4, 6),         # 2560 a warp: 25 warps -> six

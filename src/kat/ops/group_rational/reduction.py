@@ -4,13 +4,15 @@ gradients, shared by the group-rational backward and the fused LayerNorm + ratio
 One launch where it can: the program of the first stage that finishes last also writes the
 gradients (a counter in device memory says which program that is). The counters come from one
 zeroed pool per device; every call leaves its counter at zero again. A stream keeps its counter
-(kernels on one stream run in order, so two calls never share it at once); a call captured into
-a CUDA graph gets a counter of its own, which the graph keeps, because a graph may be replayed on
-any stream. Where no counter is available (pool used up, or a capture before the pool exists),
+(kernels on one stream run in order, so two calls never share it at once; PyTorch's streams come
+from a pool and are never destroyed, so a handle never stands for another stream); a call
+captured into a CUDA graph gets a counter of its own, which the graph keeps, because a graph may
+be replayed on any stream. Where no counter is available (pool used up, or a capture before the pool exists),
 and with ``KAT_MERGED_REDUCTION=0``, the reduction runs as two launches."""
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 
@@ -23,6 +25,7 @@ _SLOT = 4
 _POOL_SLOTS = 4096
 _POOLS: dict = {}          # device -> [pool tensor, next free slot]
 _STREAM_COUNTERS: dict = {}  # (device, raw stream) -> counter (a view of one slot)
+_LOCK = threading.Lock()  # slots are handed out once each, also when threads first launch at once
 
 
 def _pow2(n: int) -> int:
@@ -30,15 +33,16 @@ def _pow2(n: int) -> int:
 
 
 def _new_counter(device: torch.device, capturing: bool):
-    entry = _POOLS.get(device)
-    if entry is None:
-        if capturing:
-            return None  # the pool must be zeroed outside a capture
-        entry = _POOLS[device] = [torch.zeros(_POOL_SLOTS * _SLOT, dtype=torch.int32, device=device), 0]
-    pool, nxt = entry
-    if nxt >= _POOL_SLOTS:
-        return None
-    entry[1] = nxt + 1
+    with _LOCK:
+        entry = _POOLS.get(device)
+        if entry is None:
+            if capturing:
+                return None  # the pool must be zeroed outside a capture
+            entry = _POOLS[device] = [torch.zeros(_POOL_SLOTS * _SLOT, dtype=torch.int32, device=device), 0]
+        pool, nxt = entry
+        if nxt >= _POOL_SLOTS:
+            return None
+        entry[1] = nxt + 1
     return pool[nxt * _SLOT:nxt * _SLOT + 1]
 
 
@@ -54,7 +58,7 @@ def _counter(device: torch.device):
     if counter is None:
         counter = _new_counter(device, False)
         if counter is not None:
-            _STREAM_COUNTERS[key] = counter
+            counter = _STREAM_COUNTERS.setdefault(key, counter)  # a racing thread's slot wins once
     return counter
 
 
