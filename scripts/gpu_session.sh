@@ -10,8 +10,9 @@
 #                Function around GELU, Triton's own launch path, gc frozen), interleaved rounds
 #   STAGE=models bash scripts/gpu_session.sh   (~8 min) KAT vs ViT eager, plain and with norm2+act1
 #                fused (--fuse-norm-act1)
-#   STAGE=compile bash scripts/gpu_session.sh  (~8 min) both sides compiled, modes default and
-#                reduce-overhead, tiny and small (IMPL=torch: the rational as plain PyTorch)
+#   STAGE=compile bash scripts/gpu_session.sh  (~10 min) both sides compiled, modes default and
+#                reduce-overhead, tiny and small (IMPL=torch: the rational as plain PyTorch), then
+#                default mode with KAT_INLINE_TRITON=1 (kernels as triton_ops Inductor launches)
 #   STAGE=final bash scripts/gpu_session.sh    (~5 min) the merged reduction's GPU tests, bf16 op bench
 #                and its KAT_MERGED_REDUCTION=0 A/B
 #   STAGE=profile-compile bash scripts/gpu_session.sh  (~5 min) the same for torch.compile'd models
@@ -31,7 +32,8 @@ export PYTHONPATH=$PWD/src:$PWD PYTHONUNBUFFERED=1
 case "${STAGE:-check}" in
 check)
   KAT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/ops/test_fast_path.py \
-    tests/ops/test_group_rational.py tests/ops/test_fuzz.py tests/test_norm_act1.py --tb=short 2>&1 | tail -60 \
+    tests/ops/test_group_rational.py tests/ops/test_fuzz.py tests/test_norm_act1.py tests/ops/test_inline.py \
+    --tb=short 2>&1 | tail -60 \
     | tee "$OUT/pytest.txt"
   pack
   # most important first: the call limit (600 s) may cut the tail; every step is packed as it ends
@@ -85,6 +87,11 @@ compile)
       | tee "$OUT/model_compile_$mode.txt"
     pack
   done
+  # A/B: the kernels as triton_ops Inductor launches itself (inline.py) instead of opaque custom ops
+  KAT_INLINE_TRITON=1 timeout 260 python3 -m kat.cli.bench model --compile default --sizes tiny small \
+    --iters 15 --repeats 3 --json "$OUT/model_compile_default_inline.json" 2>&1 | grep -E "^(tiny|small)|ratio|Error" \
+    | tee "$OUT/model_compile_default_inline.txt"
+  pack
   ;;
 hostab)
   for size in tiny small; do

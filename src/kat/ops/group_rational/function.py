@@ -496,6 +496,10 @@ class GroupRationalFunction(torch.autograd.Function):
         ctx.save_for_backward(x, numerator, denominator)
         ctx.channel_dim = channel_dim
         if torch.compiler.is_compiling():
+            # KAT_INLINE_TRITON=1: kernels Inductor launches itself (inline.py), where they apply
+            ctx.inline = _inline.ENABLED and _inline.supported(x, channel_dim)
+            if ctx.inline:
+                return torch.ops.kat.group_rational_fwd_inline(x, numerator, denominator)
             return torch.ops.kat.group_rational_fwd(x, numerator, denominator, channel_dim)
         return _forward(x, numerator, denominator, channel_dim)
 
@@ -503,8 +507,14 @@ class GroupRationalFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, numerator, denominator = ctx.saved_tensors
         if torch.compiler.is_compiling():
-            gx, ga, gb = torch.ops.kat.group_rational_bwd(
-                grad_out, x, numerator, denominator, ctx.channel_dim)
+            if getattr(ctx, "inline", False):
+                gx, ga, gb = torch.ops.kat.group_rational_bwd_inline(grad_out, x, numerator, denominator)
+            else:
+                gx, ga, gb = torch.ops.kat.group_rational_bwd(
+                    grad_out, x, numerator, denominator, ctx.channel_dim)
         else:
             gx, ga, gb = _backward(grad_out, x, numerator, denominator, ctx.channel_dim)
         return gx, ga, gb, None
+
+
+from . import inline as _inline  # noqa: E402  (it builds on the plans above)
