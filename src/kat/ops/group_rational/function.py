@@ -2,7 +2,8 @@
 
 ``torch.ops.kat.group_rational_fwd`` / ``group_rational_bwd`` wrap the Triton launchers as opaque
 custom ops with fake (meta) implementations, so ``torch.compile(fullgraph=True)`` traces through
-them; ``GroupRationalFunction`` ties them together for autograd. The kernels are imported lazily so
+them; ``GroupRationalFunction`` ties them together for autograd (``inline.py``: the same kernels
+as ``triton_op``s Inductor launches itself, opt-in). The kernels are imported lazily so
 that ``import kat`` never imports Triton. ``KAT_AUTOTUNE``, ``KAT_UNIFORM`` and ``KAT_ONE_WAVE`` (and, in
 ``launch.py``, ``TRITON_INTERPRET`` and ``KAT_DIRECT_LAUNCH``) are read when this module is imported
 (``import kat``): set them before that.
@@ -357,8 +358,8 @@ def _reduction_for(partial, ca: int, c: int, groups: int, numerator, denominator
 
 def _with_reduction(launch, ca: int, c: int, groups: int, numerator, denominator):
     """What the tuner times for a backward config: its kernel (``launch(cfg)`` returns the partial
-    sums) and the coefficient reduction of those sums, whose size depends on the config (many
-    splits of per-channel partials cost a reduction comparable to the kernel at narrow widths)."""
+    sums) and the coefficient reduction of those sums, whose size depends on the config (per-channel
+    partial sums of a 1-warp config's ~700 splits are ~5 MB at C = 192, against 9.7 MB of bf16 x)."""
     reductions: dict = {}
 
     def run(cfg):
