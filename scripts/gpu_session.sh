@@ -3,7 +3,8 @@
 # look there): device tool `run` with carry [".data/golden"].
 #   STAGE=check  bash scripts/gpu_session.sh   (~8 min) op tests on the real kernels, op bench with
 #                CUDA graphs (bf16 first: #2's targets; tuning choices in $OUT/tuning.json), the
-#                one-wave grid's KAT_ONE_WAVE=0 A/B and the folded accumulators' KAT_FOLD=0 A/B,
+#                one-wave grid's KAT_ONE_WAVE=0 A/B, the folded accumulators' KAT_FOLD=0 A/B and
+#                the one-launch reduction's KAT_MERGED_REDUCTION=0 A/B,
 #                host time per call, one quick model pair, fp32.
 #   STAGE=hostab bash scripts/gpu_session.sh   (~4 min) scripts/host_ab.py, tiny and small: the eager
 #                train step with one thing changed at a time (GELU for the rationals, a Python
@@ -13,8 +14,6 @@
 #   STAGE=compile bash scripts/gpu_session.sh  (~10 min) both sides compiled, modes default and
 #                reduce-overhead, tiny and small (IMPL=torch: the rational as plain PyTorch), then
 #                default mode with KAT_INLINE_TRITON=1 (kernels as triton_ops Inductor launches)
-#   STAGE=final bash scripts/gpu_session.sh    (~5 min) the merged reduction's GPU tests, bf16 op bench
-#                and its KAT_MERGED_REDUCTION=0 A/B
 #   STAGE=profile-compile bash scripts/gpu_session.sh  (~5 min) the same for torch.compile'd models
 #                (default mode): graphs, graph breaks, launches per step, host time by operator
 #   STAGE=profile bash scripts/gpu_session.sh  (~3 min) KAT-T vs ViT-T step: eager vs CUDA graph, host-
@@ -48,6 +47,10 @@ check)
   KAT_FOLD=0 timeout 100 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs \
     --json "$OUT/op_bf16_nofold.json" 2>&1 | tail -3 | tee "$OUT/op_bf16_nofold.txt"
   pack
+  # A/B of the one-launch coefficient reduction: the same configs with its two-launch form
+  KAT_MERGED_REDUCTION=0 timeout 60 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs \
+    --json "$OUT/op_bf16_twolaunch.json" 2>&1 | tail -3 | tee "$OUT/op_bf16_twolaunch.txt"
+  pack
   timeout 60 python3 scripts/host_overhead.py --json "$OUT/host.json" 2>&1 | tee "$OUT/host.txt"
   pack
   # the model benchmark's interleaved path once, small, before a whole call is spent on it
@@ -55,19 +58,6 @@ check)
     | grep -E "^tiny|Error" | tee "$OUT/model_quick.txt"
   pack
   timeout 150 python3 -m kat.cli.bench op --providers kat --dtypes fp32 --cuda-graphs --json "$OUT/op_fp32.json" 2>&1 | tee "$OUT/op_fp32.txt"
-  pack
-  ;;
-final)
-  # the one-launch coefficient reduction and the new tuner candidates: GPU tests first, then the
-  # bf16 op bench (fresh tuning) and the same configs with the two-launch reduction (A/B)
-  KAT_AUTOTUNE=0 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/ops/test_fast_path.py \
-    tests/test_norm_act1.py -k "reduction or fold or graph or backward_matches or same_keys" --tb=short 2>&1 | tail -30 | tee "$OUT/pytest.txt"
-  pack
-  export KAT_TUNE_CACHE=$OUT/tuning.json
-  timeout 150 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs --json "$OUT/op_bf16.json" 2>&1 | tee "$OUT/op_bf16.txt"
-  pack
-  KAT_MERGED_REDUCTION=0 timeout 60 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs \
-    --json "$OUT/op_bf16_twolaunch.json" 2>&1 | tail -3 | tee "$OUT/op_bf16_twolaunch.txt"
   pack
   ;;
 models)

@@ -535,6 +535,24 @@ def test_reduction_counters_fall_back_to_two_launches(monkeypatch):
     assert reduction._counter(dev) is None  # this stream had none yet, and none is left
 
 
+def test_rows_collapse_is_exactly_when_view_works():
+    """The integer rule the plans (and the compiled path) use says yes exactly where
+    x.view(-1, C) succeeds: permuted, sliced, expanded and size-1 dims, 2-D to 4-D."""
+    base = torch.zeros(4, 3, 5, 8)
+    cases = [base, base[:, :, :, :4], base[:, 1:], base[::2], base[:, :, ::2], base.permute(1, 0, 2, 3),
+             base.transpose(1, 2), base[:1], base[:, :1], base[:, :1].expand(4, 3, 5, 8), base[0],
+             base[0, :, :1], base[0, 0], base.permute(0, 2, 1, 3)[:, :1], torch.zeros(6, 1, 8)[:, :, :4],
+             torch.zeros(8, 6).t()[:, :3], torch.zeros(1, 1, 8).expand(2, 3, 8)]
+    for x in cases:
+        try:
+            x.view(-1, x.shape[-1])
+            views = True
+        except RuntimeError:
+            views = False
+        assert fn._rows_collapse(tuple(x.shape), x.stride()) == views, (tuple(x.shape), x.stride())
+    assert not fn._plannable(torch.zeros(0, 8)) and fn._plannable(torch.zeros(2, 8))
+
+
 def test_reduction_counters_are_distinct_across_threads(monkeypatch):
     """Slots handed out while several threads ask at once are all different (two calls sharing a
     counter at the same time would each see the other's tickets)."""

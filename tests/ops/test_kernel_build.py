@@ -41,10 +41,11 @@ SCRIPT = textwrap.dedent('''
         cases.append((kernels.group_rational_bwd_kernel, consts))
     # the coefficient reduction (fp32 only: it reads the backward's fp32 partial sums)
     red = fn._Reduction(None, 352, 8, 24, 6, 4, True, sms=132)
-    reductions = [(kernels.coefficient_partials_kernel, red.partials.consts),
-                  (kernels.coefficient_partials_kernel, red.merged.consts),  # last program finishes
-                  (kernels.coefficient_grads_kernel, red.final.consts),
-                  (kernels.coefficient_grads_kernel, dict(red.final.consts, SHARED=False))]
+    from kat.ops.group_rational import reduction_kernels as rk
+    reductions = [(rk.coefficient_partials_kernel, red.partials.consts),
+                  (rk.coefficient_partials_kernel, red.merged.consts),  # last program finishes
+                  (rk.coefficient_grads_kernel, red.final.consts),
+                  (rk.coefficient_grads_kernel, dict(red.final.consts, SHARED=False))]
     for kernel, constexprs in reductions:
         src = ASTSource(fn=kernel, signature=kernels.compile_signature(kernel, "fp32"), constexprs=constexprs)
         assert len(triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["cubin"]) > 1000

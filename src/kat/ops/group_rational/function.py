@@ -452,15 +452,16 @@ class Plan:
             return (gx, *self.red(partial, numerator, denominator))
 
 
+def _rows_collapse(shape, stride) -> bool:
+    """``x.view(-1, C)`` works for a tensor of this shape and stride: the leading dims (size-1
+    ones aside) nest like one contiguous block. Plain ints, so torch.compile's tracing can ask too."""
+    lead = [(n, s) for n, s in zip(shape[:-1], stride[:-1]) if n != 1]
+    return all(s0 == s1 * n1 for (_, s0), (n1, s1) in zip(lead, lead[1:]))
+
+
 def _plannable(x: torch.Tensor) -> bool:
     """Rows that collapse to one stride (``x.view(-1, C)`` works) and something to compute."""
-    if x.numel() == 0:
-        return False
-    try:
-        x.view(-1, x.shape[-1])
-    except RuntimeError:
-        return False
-    return True
+    return x.numel() > 0 and _rows_collapse(tuple(x.shape), x.stride())
 
 
 def _plan_function(plan: Plan):

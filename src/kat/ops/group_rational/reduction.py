@@ -70,13 +70,12 @@ class _Reduction:
     summation order, hence the result, is the same on every call and either way."""
 
     __slots__ = ("rows", "groups", "gs", "num_m", "num_n", "shared", "rs", "per", "partials", "merged",
-                 "final", "device")
+                 "final")
 
     def __init__(self, device: torch.device, rows: int, groups: int, gs: int, num_m: int, num_n: int,
                  shared: bool, sms: int | None = None):
-        from . import kernels  # lazy: ``import kat`` never imports Triton
+        from . import reduction_kernels as kernels  # lazy: ``import kat`` never imports Triton
         self.rows, self.groups, self.gs, self.num_m, self.num_n, self.shared = rows, groups, gs, num_m, num_n, shared
-        self.device = device
         block_j = min(64, _pow2(gs))
         block_r = max(1, 4096 // (block_j * 16))
         if sms is None:

@@ -38,11 +38,12 @@ def cache_path() -> Path | None:
 
 @functools.lru_cache(maxsize=None)
 def _kernels_fingerprint() -> str:
-    """Triton's version and the kernels' source: a change to either invalidates stored choices."""
+    """Triton's version and the kernels' source (the backward's choice is timed with the reduction
+    after it): a change to either invalidates stored choices."""
     import triton
 
-    from . import kernels
-    source = Path(kernels.__file__).read_bytes()
+    from . import kernels, reduction_kernels
+    source = Path(kernels.__file__).read_bytes() + Path(reduction_kernels.__file__).read_bytes()
     return f"triton {triton.__version__} kernels {hashlib.sha256(source).hexdigest()[:16]}"
 
 
