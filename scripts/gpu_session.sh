@@ -3,17 +3,15 @@
 # look there): device tool `run` with carry [".data/golden"].
 #   STAGE=check  bash scripts/gpu_session.sh   (~8 min) op tests on the real kernels, op bench with
 #                CUDA graphs (bf16 first: #2's targets; tuning choices in $OUT/tuning.json), the
-#                one-wave grid's KAT_ONE_WAVE=0 A/B, the folded accumulators' KAT_FOLD=0 A/B and
-#                the one-launch reduction's KAT_MERGED_REDUCTION=0 A/B,
-#                host time per call, one quick model pair, fp32.
+#                same-size copy column, host time per call, one quick model pair, fp32.
 #   STAGE=hostab bash scripts/gpu_session.sh   (~4 min) scripts/host_ab.py, tiny and small: the eager
 #                train step with one thing changed at a time (GELU for the rationals, a Python
 #                Function around GELU, Triton's own launch path, gc frozen), interleaved rounds
 #   STAGE=models bash scripts/gpu_session.sh   (~8 min) KAT vs ViT eager, plain and with norm2+act1
 #                fused (--fuse-norm-act1)
-#   STAGE=compile bash scripts/gpu_session.sh  (~10 min) both sides compiled, modes default and
-#                reduce-overhead, tiny and small (IMPL=torch: the rational as plain PyTorch), then
-#                default mode with KAT_INLINE_TRITON=1 (kernels as triton_ops Inductor launches)
+#   STAGE=compile bash scripts/gpu_session.sh  (~10 min) both sides compiled, SIZES (tiny small):
+#                default mode with KAT_INLINE_TRITON=1 (kernels as triton_ops Inductor launches),
+#                default mode, reduce-overhead (IMPL=torch: the rational as plain PyTorch)
 #   STAGE=profile-compile bash scripts/gpu_session.sh  (~5 min) the same for torch.compile'd models
 #                (default mode): graphs, graph breaks, launches per step, host time by operator
 #   STAGE=profile bash scripts/gpu_session.sh  (~3 min) KAT-T vs ViT-T step: eager vs CUDA graph, host-
@@ -39,18 +37,8 @@ check)
   export KAT_TUNE_CACHE=$OUT/tuning.json
   timeout 200 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs --json "$OUT/op_bf16.json" 2>&1 | tee "$OUT/op_bf16.txt"
   pack
-  # A/B of the backward's one-wave grid: the same configs (read from the tuning file), old grid
-  KAT_ONE_WAVE=0 timeout 100 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs \
-    --json "$OUT/op_bf16_guessgrid.json" 2>&1 | tail -3 | tee "$OUT/op_bf16_guessgrid.txt"
-  pack
-  # A/B of folded backward accumulators (FOLD configs): the tuned configs run unfolded
-  KAT_FOLD=0 timeout 100 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs \
-    --json "$OUT/op_bf16_nofold.json" 2>&1 | tail -3 | tee "$OUT/op_bf16_nofold.txt"
-  pack
-  # A/B of the one-launch coefficient reduction: the same configs with its two-launch form
-  KAT_MERGED_REDUCTION=0 timeout 60 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs \
-    --json "$OUT/op_bf16_twolaunch.json" 2>&1 | tail -3 | tee "$OUT/op_bf16_twolaunch.txt"
-  pack
+  # the one-wave grid, folded accumulators and one-launch reduction A/Bs (KAT_ONE_WAVE=0,
+  # KAT_FOLD=0, KAT_MERGED_REDUCTION=0 with the same command) were measured on 2026-11-30 (BENCHMARKS.md)
   timeout 60 python3 scripts/host_overhead.py --json "$OUT/host.json" 2>&1 | tee "$OUT/host.txt"
   pack
   # the model benchmark's interleaved path once, small, before a whole call is spent on it
@@ -69,19 +57,16 @@ models)
   done
   ;;
 compile)
-  # both sides compiled: Inductor's default mode, then reduce-overhead (CUDA graphs: no host time
-  # per kernel, which is what holds the small models back in eager mode)
-  for mode in default reduce-overhead; do
-    timeout 260 python3 -m kat.cli.bench model --compile $mode --sizes tiny small --rational-impl ${IMPL:-triton} \
-      --iters 15 --repeats 3 --json "$OUT/model_compile_$mode.json" 2>&1 | grep -E "^(tiny|small)|ratio|Error" \
-      | tee "$OUT/model_compile_$mode.txt"
+  # both sides compiled. First Inductor's default mode with the kernels as triton_ops Inductor
+  # launches itself (inline.py) and the same with the opaque custom ops, then reduce-overhead
+  # (CUDA graphs: no host time per kernel)
+  for variant in inline default reduce-overhead; do
+    mode=$variant; inl=0; [ $variant = inline ] && { mode=default; inl=1; }
+    KAT_INLINE_TRITON=$inl timeout 200 python3 -m kat.cli.bench model --compile $mode --sizes ${SIZES:-tiny small} \
+      --rational-impl ${IMPL:-triton} --iters 15 --repeats 3 --json "$OUT/model_compile_$variant.json" 2>&1 \
+      | grep -E "^(tiny|small|base)|ratio|Error" | tee "$OUT/model_compile_$variant.txt"
     pack
   done
-  # A/B: the kernels as triton_ops Inductor launches itself (inline.py) instead of opaque custom ops
-  KAT_INLINE_TRITON=1 timeout 260 python3 -m kat.cli.bench model --compile default --sizes tiny small \
-    --iters 15 --repeats 3 --json "$OUT/model_compile_default_inline.json" 2>&1 | grep -E "^(tiny|small)|ratio|Error" \
-    | tee "$OUT/model_compile_default_inline.txt"
-  pack
   ;;
 hostab)
   for size in tiny small; do

@@ -82,6 +82,8 @@ def main():
     p.add_argument("--fuse-norm-act1", action="store_true", help="KAT with norm2 + act1 fused (NormAct1)")
     p.add_argument("--compile", default=None, choices=["default", "reduce-overhead"],
                    help="profile the step of torch.compile'd models (no CUDA-graph timing then)")
+    p.add_argument("--order", nargs="+", default=["vit", "kat"], choices=["vit", "kat"],
+                   help="models in the order profiled (repeat one to see drift within the run)")
     args = p.parse_args()
     import timm
 
@@ -91,19 +93,20 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     suffix = f"_compile_{args.compile}" if args.compile else ""
     summary = {}
-    for fam in ("vit", "kat"):
+    for i, fam in enumerate(args.order):
         name = f"{fam}_{args.size}_patch16_224"
         torch.manual_seed(0)
         kw = {"fuse_norm_act1": True} if fam == "kat" and args.fuse_norm_act1 else {}
         model = timm.create_model(name, **kw).cuda().train()
+        tag = name if args.order.count(fam) == 1 else f"{name}_{i}"
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True, capturable=True)
         x = torch.randn(args.batch, 3, 224, 224, device="cuda")
         y = torch.randint(0, 1000, (args.batch,), device="cuda")
         run = model
         if args.compile:
-            import torch._dynamo
+            from torch import _dynamo as dynamo
             from torch._dynamo.utils import counters
-            torch._dynamo.reset()  # timm's ViTs (KAT too) share forward's code object
+            dynamo.reset()  # timm's ViTs (KAT too) share forward's code object
             counters.clear()
             run = torch.compile(model, mode=args.compile, dynamic=False)
 
@@ -116,13 +119,13 @@ def main():
 
         eager = _time_loop(step, args.steps, 5)
         if args.compile:
-            summary[name + "_dynamo"] = {
+            summary[tag + "_dynamo"] = {
                 "unique_graphs": counters["stats"].get("unique_graphs", 0),
                 "graph_breaks": dict(counters["graph_break"])}
-            print(f"{name}: dynamo {summary[name + '_dynamo']}")
-        summary[name + "_checks"] = _step_checks(step)
-        _cprofile(step, out / f"cprofile_{name}{suffix}.txt")
-        print(f"{name}: {summary[name + '_checks']}")
+            print(f"{tag}: dynamo {summary[tag + '_dynamo']}")
+        summary[tag + "_checks"] = _step_checks(step)
+        _cprofile(step, out / f"cprofile_{tag}{suffix}.txt")
+        print(f"{tag}: {summary[tag + '_checks']}")
         from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(5):
@@ -131,7 +134,7 @@ def main():
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
         # and the same 5 steps by GPU time: which kernels (the rational's, the reductions, casts)
         kernels = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30)
-        (out / f"profile_{name}{suffix}.txt").write_text(f"By host time (self CPU), 5 steps:\n{table}\n\n"
+        (out / f"profile_{tag}{suffix}.txt").write_text(f"By host time (self CPU), 5 steps:\n{table}\n\n"
                                                  f"By GPU time (self CUDA), 5 steps:\n{kernels}\n")
         events = prof.key_averages()
         host_ms = sum(e.self_cpu_time_total for e in events) / 1e3 / 5
@@ -139,10 +142,10 @@ def main():
         launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx",
                                                               "cudaLaunchKernelExC", "cudaGraphLaunch")) / 5
         graph = None if args.compile else _time_loop(_graphed(step), args.steps, 3)
-        summary[name] = {"eager_ms": eager * 1e3, "graph_ms": graph and graph * 1e3,
+        summary[tag] = {"eager_ms": eager * 1e3, "graph_ms": graph and graph * 1e3,
                          "profiled_host_ms_per_step": host_ms, "profiled_gpu_ms_per_step": gpu_ms,
                          "launches_per_step": launches}
-        print(f"{name}: {'compiled (' + args.compile + ')' if args.compile else 'eager'} {eager * 1e3:.2f} ms/step"
+        print(f"{tag}: {'compiled (' + args.compile + ')' if args.compile else 'eager'} {eager * 1e3:.2f} ms/step"
               + ("" if graph is None else f", CUDA graph {graph * 1e3:.2f} ms/step")
               + f"; profiled per step: host (self CPU) {host_ms:.2f} ms, GPU kernels {gpu_ms:.2f} ms, "
               f"{launches:.0f} kernel/graph launches")

@@ -145,7 +145,8 @@ def test_backward_tuning_times_the_kernel_with_its_reduction(monkeypatch, device
         def __init__(self, partial, *args):
             built.append(tuple(partial.shape))
 
-        def __call__(self, partial, numerator, denominator):
+        def __call__(self, partial, numerator, denominator, merged=True):
+            assert not merged  # the tuner's graphs must not take counters from the pool
             ran.append(tuple(partial.shape))
 
     monkeypatch.setattr(fn, "_reduction_for", Recording)
@@ -649,3 +650,20 @@ def test_first_backward_inside_a_cuda_graph_launches_once(fresh_plans, monkeypat
     want = formula64(x, a, b, go, 1)
     assert rel_err(gx, want[1]) <= 1e-5
     assert rel_err(ga, want[2]) <= 1e-4 and rel_err(gb, want[3]) <= 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the tuner times CUDA graphs on a GPU")
+def test_tuner_times_backward_and_reduction_in_graphs_without_counters(fresh_plans):
+    """The tuner's timing of a backward config (kernel + two-launch reduction, replayed from a CUDA
+    graph) gives a positive time, takes no counter from the pool, and leaves results the eager
+    call reproduces."""
+    from kat.ops.group_rational import tuning
+    a, b = _coeffs(device="cuda")
+    x2 = torch.randn(2048, 192, device="cuda", dtype=torch.bfloat16)
+    go2, gx2 = torch.randn_like(x2), torch.empty_like(x2)
+    launch = lambda cfg: fn._launch_bwd(x2, go2, gx2, a, b, 0, 192, 8, cfg)  # noqa: E731
+    timed = fn._with_reduction(launch, 192, 192, 8, a, b)
+    before = {d: e[1] for d, e in reduction._POOLS.items()}
+    ms = [tuning._time_config(timed, cfg) for cfg in fn._bwd_candidates(24)[:3]]
+    assert all(0 < t < 10 for t in ms)
+    assert {d: e[1] for d, e in reduction._POOLS.items()} == before

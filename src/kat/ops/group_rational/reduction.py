@@ -94,13 +94,15 @@ class _Reduction:
                               {**first, "FINISH": True, **final}, 4, 5)
         self.final = _Launch(kernels.coefficient_grads_kernel, (1,), final, 4, 3)
 
-    def __call__(self, partial: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor):
-        """(grad_numerator, grad_denominator) in the coefficients' dtypes, from ``partial``."""
+    def __call__(self, partial: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
+                 merged: bool = True):
+        """(grad_numerator, grad_denominator) in the coefficients' dtypes, from ``partial``;
+        ``merged=False``: two launches (the tuner's graphs would use up counters otherwise)."""
         dev = partial.device
         scratch = torch.empty((self.rs, self.groups, 16), dtype=torch.float32, device=dev)
         gnum = torch.empty((1 if self.shared else self.groups, self.num_m), dtype=torch.float32, device=dev)
         gden = torch.empty((self.groups, self.num_n), dtype=torch.float32, device=dev)
-        counter = _counter(dev) if _MERGED else None
+        counter = _counter(dev) if _MERGED and merged else None
         if counter is not None:
             self.merged(partial, scratch, counter, gnum, gden, self.rows, self.groups, self.gs, self.per,
                         self.num_m, self.num_n)
