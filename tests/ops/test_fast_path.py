@@ -56,7 +56,7 @@ def test_backward_pipelined_loads(c, groups, row_reduce, channels_first, dtype, 
     """STAGES > 0 (loads pipelined by Triton through shared memory) walks the same tiles in the same
     order as the register-prefetching loop: float64 agreement, and the same results as STAGES = 0
     (bitwise in the interpreter; compiled, to 4 ulps: FMA contraction may differ)."""
-    bc = 64 if (c // groups) % 64 == 0 else 32
+    bc = next(w for w in (64, 32, 16, 8) if (c // groups) % w == 0)
     a, b = _coeffs(groups=groups, shared=False, device=device)
     # 159 rows: a tail tile; channels-first (B, C, L): the stream axis is L, contiguous
     x = torch.randn(3, c, 53, device=device, dtype=dtype) if channels_first else \
@@ -75,12 +75,22 @@ def test_backward_pipelined_loads(c, groups, row_reduce, channels_first, dtype, 
             torch.testing.assert_close(u, v, rtol=4 * torch.finfo(u.dtype).eps, atol=1e-6)
 
 
-@pytest.mark.parametrize("cfg", [(16, 64, 4, False, 0, 8), (8, 32, 1, False, 3, 8)])
-@pytest.mark.parametrize("c,groups,shared,channels_first,dtype", [
+_WIDE_FOLDS = [(16, 64, 4, False, 0, 8), (8, 32, 1, False, 3, 8)]
+_NARROW_FOLDS = [(16, 8, 1, False, 3, 8), (32, 16, 4, False, 3, 8)]  # for group sizes 24, 48
+_FOLD_SHAPES = [
     (512, 8, True, False, torch.float32),    # group size 64: one or two blocks per group
     (768, 8, False, False, torch.bfloat16),  # 96: three 32-wide blocks (the 64-wide config: no fold)
     (512, 4, True, True, torch.float32),     # (B, C, L): blocks of the B copies of a channel
-])
+]
+_NARROW_SHAPES = [
+    (192, 8, True, False, torch.bfloat16),   # 24 (KAT-T's act1): only the 8-wide block folds
+    (384, 8, False, True, torch.float32),    # 48 (KAT-S's act1): 8 and 16 wide fold
+]
+
+
+@pytest.mark.parametrize("cfg,c,groups,shared,channels_first,dtype",
+                         [(cfg, *shape) for cfg in _WIDE_FOLDS for shape in _FOLD_SHAPES]
+                         + [(cfg, *shape) for cfg in _NARROW_FOLDS for shape in _NARROW_SHAPES])
 def test_backward_folded_blocks(cfg, c, groups, shared, channels_first, dtype, device, monkeypatch,
                                 fresh_plans):
     """FOLD (the config's sixth entry): where a block lies in one group each thread sums its FOLD
@@ -159,6 +169,23 @@ def test_backward_tuning_times_the_kernel_with_its_reduction(monkeypatch, device
     assert torch.equal(outs[0], outs[1])  # the same config, the same partial sums
 
 
+def test_narrow_forward_configs_are_timed_only_where_uniform(monkeypatch):
+    """Forward blocks narrower than 32 columns exist for group sizes no 32-wide block divides
+    (24, 48): candidates only where their columns share one group, and there are such at 24 and 48."""
+    monkeypatch.setattr(kernels, "FWD_CONFIGS", kernels.GPU_FWD_CONFIGS)
+    narrow = [cfg for cfg in kernels.FWD_CONFIGS if cfg[1] < 32]
+    assert narrow
+    for gs in (24, 48, 96, 384):
+        candidates = fn._fwd_candidates(gs)
+        assert all((cfg in candidates) == (gs % cfg[1] == 0) for cfg in narrow)
+        assert all(cfg in candidates for cfg in kernels.FWD_CONFIGS if cfg[1] >= 32)
+    assert any(cfg in fn._fwd_candidates(24) for cfg in narrow)
+    assert any(cfg[1] == 16 for cfg in fn._fwd_candidates(48))
+    monkeypatch.setattr(kernels, "BWD_CONFIGS", kernels.GPU_BWD_CONFIGS)
+    for gs in (24, 48):  # and the backward has folding configs there
+        assert any(fn._fold(cfg, gs) > 1 for cfg in fn._bwd_candidates(gs))
+
+
 def test_fold_off_keeps_fold_configs_as_candidates(monkeypatch):
     """KAT_FOLD=0: a config that folds elsewhere stays a candidate and runs unfolded, so a tuning
     file's choice is found again (the A/B compares the same config folded and not)."""
@@ -175,6 +202,8 @@ def test_fold_off_keeps_fold_configs_as_candidates(monkeypatch):
     (1024, 8, False, False, torch.float32),  # 128: two blocks per group, per-group numerators
     (512, 4, False, True, torch.float32),    # (B, C, L) layout: blocks along B*C stay inside one group
     (512, 8, True, False, torch.bfloat16),
+    (192, 8, True, False, torch.bfloat16),   # 24 per group: 8-wide blocks (KAT-T's act1)
+    (384, 8, False, False, torch.float32),   # 48: 16-wide blocks (KAT-S's act1)
 ])
 def test_group_uniform_blocks(c, groups, shared, channels_first, dtype, select, row_reduce, device,
                               monkeypatch, fresh_plans):
@@ -183,7 +212,7 @@ def test_group_uniform_blocks(c, groups, shared, channels_first, dtype, select, 
     path, and the per-column path (KAT_UNIFORM=0) gives bit-identical results."""
     # One config per kernel, of this variant, with a block width that divides the group size (the
     # device's tuning lists need not hold one for every variant: on the GPU no SELECT config is 64 wide)
-    bc = 64 if (c // groups) % 64 == 0 else 32
+    bc = next(w for w in (64, 32, 16, 8) if (c // groups) % w == 0)
     monkeypatch.setattr(kernels, "FWD_CONFIGS", [(16, bc, 4, select)])
     monkeypatch.setattr(kernels, "BWD_CONFIGS", [(8, bc, 4, row_reduce)])
     assert fn._fwd_consts(kernels.FWD_CONFIGS[0], c // groups)["UNIFORM"]

@@ -39,6 +39,10 @@ SCRIPT = textwrap.dedent('''
         consts = fn._bwd_consts(folded, 3 * folded[1])
         assert consts["FOLD"] > 1
         cases.append((kernels.group_rational_bwd_kernel, consts))
+    # 8-wide blocks at group size 24 (C = 192): forward and folded backward with scalar coefficients
+    narrow_fwd, narrow_bwd = fn._fwd_consts((128, 8, 4, False), 24), fn._bwd_consts((16, 8, 1, False, 3, 8), 24)
+    assert narrow_fwd["UNIFORM"] and narrow_bwd["UNIFORM"] and narrow_bwd["FOLD"] == 8
+    cases += [(kernels.group_rational_fwd_kernel, narrow_fwd), (kernels.group_rational_bwd_kernel, narrow_bwd)]
     # the coefficient reduction (fp32 only: it reads the backward's fp32 partial sums)
     red = fn._Reduction(None, 352, 8, 24, 6, 4, True, sms=132)
     from kat.ops.group_rational import reduction_kernels as rk
@@ -92,4 +96,4 @@ def test_kernels_compile_for_sm90():
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count(" ok") == 41, run.stdout
+    assert run.stdout.count(" ok") == 47, run.stdout  # every case above printed "ok"

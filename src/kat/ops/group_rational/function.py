@@ -228,6 +228,13 @@ def _bwd_candidates(group_size: int) -> list:
             if len(cfg) < 6 or cfg[5] <= 1 or not _FOLD_ON or _fold(cfg, group_size) > 1] or configs
 
 
+def _fwd_candidates(group_size: int) -> list:
+    """The forward configs worth timing at this group size: blocks narrower than 32 columns only
+    where their columns share one group (they exist for group sizes such as 24 and 48)."""
+    configs = _kernels().FWD_CONFIGS
+    return [cfg for cfg in configs if cfg[1] >= 32 or _uniform(cfg[1], group_size)] or configs
+
+
 def _uniform(block_c: int, group_size: int) -> bool:
     return _UNIFORM_ON and group_size > 0 and group_size % block_c == 0
 
@@ -277,7 +284,6 @@ def _launch_bwd(x2, g2, gx2, a, b, a_stride, c, groups, cfg) -> torch.Tensor:
 
 def _forward(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
              channel_dim: int) -> torch.Tensor:
-    kernels = _kernels()
     channel_dim %= x.dim()
     y, y2 = _empty_matrix(x, channel_dim, _layout(x, channel_dim), x.dtype)
     if x.numel() == 0:
@@ -289,7 +295,7 @@ def _forward(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor
         _launch_fwd(x2, y2, a, b, a_stride, c, groups, cfg)
 
     with _launch_guard(x):
-        launch(_TUNER.pick(("fwd", x.device, x.dtype, s, ca, c, groups), kernels.FWD_CONFIGS, launch))
+        launch(_TUNER.pick(("fwd", x.device, x.dtype, s, ca, c, groups), _fwd_candidates(c // groups), launch))
     return y
 
 
@@ -416,7 +422,7 @@ class Plan:
         y2 = torch.empty_like(x2, memory_format=torch.contiguous_format)
         go2 = torch.empty_like(y2).normal_()
         with _launch_guard(x):
-            fcfg = _TUNER.pick(("fwd", x.device, x.dtype, s, c, c, groups), kernels.FWD_CONFIGS,
+            fcfg = _TUNER.pick(("fwd", x.device, x.dtype, s, c, c, groups), _fwd_candidates(gs),
                                lambda cfg: _launch_fwd(x2, y2, a, b, self.a_stride, c, groups, cfg))
             bcfg = _TUNER.pick(("bwd", x.device, x.dtype, s, c, c, groups), _bwd_candidates(gs), _with_reduction(
                 lambda cfg: _launch_bwd(x2, go2, y2, a, b, self.a_stride, c, groups, cfg), c, c, groups,

@@ -47,10 +47,16 @@ GPU_FWD_CONFIGS = [(32, 128, 4, False), (8, 256, 1, False), (64, 64, 4, False), 
                    (8, 128, 1, False), (2, 256, 1, False), (2, 1024, 4, False), (4, 512, 2, False),
                    (32, 128, 4, True), (16, 128, 4, True), (16, 256, 4, True), (8, 256, 2, True),
                    (8, 256, 1, True), (4, 256, 1, True), (8, 128, 1, True),
-                   # 32 wide: divides the group sizes of C = 768 (96) and 384 (48), so the UNIFORM
+                   # 32 wide: divides the group size of C = 768 (96), so the UNIFORM
                    # (scalar-coefficient) variant applies there too; (64, 32, 2) won at 768 on the
                    # H200 (2026-11-29), (128, 32, 4) in the tuning of 2026-11-30 (same time)
-                   (32, 32, 1, False), (16, 32, 1, False), (64, 32, 2, False), (128, 32, 4, False)]
+                   (32, 32, 1, False), (16, 32, 1, False), (64, 32, 2, False), (128, 32, 4, False),
+                   # 8 and 16 wide: the only widths that divide the group sizes of C = 192 (24) and
+                   # 384 (48), so KAT-T's and KAT-S's first rational get scalar coefficients too;
+                   # timed only where they are UNIFORM (function._fwd_candidates). sm_90 bf16: 47-64
+                   # registers against 208 for (64, 32, 2) per column at group size 24
+                   # (scripts/kernel_regs.py, Triton 3.8, 2026-11-30); not yet timed on a GPU
+                   (128, 8, 4, False), (256, 8, 4, False), (64, 16, 2, False), (128, 16, 4, False)]
 # Backward configs: (BLOCK_S, BLOCK_C, warps, ROW_REDUCE[, STAGES[, FOLD]]). Those whose sm_90
 # build spills registers to the stack in the uniform bf16 variant (ptxas via Triton 3.8,
 # 2026-11-29: (4, 256, 1, False) 1440 bytes; ROW_REDUCE (32, 128, 4), (16, 256, 4), (8, 256, 2),
@@ -77,7 +83,13 @@ GPU_BWD_CONFIGS = [(8, 64, 4, False), (4, 128, 4, False), (2, 256, 1, False),
                    # neighbours (8, 128, 4, F, 4, 8), (4, 128, 4, F, 3, 8), (8, 32, 1, F, 4, 8) and
                    # (4, 32, 1, F, 3, 8) were timed the same day and lost; dropped again.
                    (16, 64, 4, False, 0, 8), (16, 64, 4, False, 3, 8), (8, 128, 4, False, 3, 8),
-                   (16, 32, 2, False, 3, 8), (8, 32, 1, False, 3, 8)]
+                   (16, 32, 2, False, 3, 8), (8, 32, 1, False, 3, 8),
+                   # narrow folded blocks for group sizes 24 and 48 (C = 192, 384), where no 32-wide
+                   # block lies in one group: one 16-byte bf16 vector per thread and row, 64-96
+                   # registers (sm_90, bf16; the per-column (8, 32, 2) takes 141 at group size 24).
+                   # Not yet timed on a GPU
+                   (8, 8, 1, False, 3, 8), (16, 8, 1, False, 3, 8), (32, 8, 2, False, 3, 8),
+                   (64, 8, 4, False, 3, 8), (16, 16, 2, False, 3, 8), (32, 16, 4, False, 3, 8)]
 
 # The interpreter is for correctness on the CPU, where timing means nothing: the first config is
 # the one used; tests run the others explicitly (both accumulator schemes of the backward).
