@@ -10,8 +10,8 @@
 #   STAGE=models bash scripts/gpu_session.sh   (~8 min) KAT vs ViT eager, plain and with norm2+act1
 #                fused (--fuse-norm-act1)
 #   STAGE=compile bash scripts/gpu_session.sh  (~10 min) both sides compiled, SIZES (tiny small):
-#                default mode with KAT_INLINE_TRITON=1 (kernels as triton_ops Inductor launches),
-#                default mode, reduce-overhead (IMPL=torch: the rational as plain PyTorch)
+#                reduce-overhead, the same with --fuse-norm-act1, default mode (IMPL=torch: the
+#                rational as plain PyTorch)
 #   STAGE=profile-compile bash scripts/gpu_session.sh  (~5 min) the same for torch.compile'd models
 #                (default mode): graphs, graph breaks, launches per step, host time by operator
 #   STAGE=profile bash scripts/gpu_session.sh  (~3 min) KAT-T vs ViT-T step: eager vs CUDA graph, host-
@@ -28,7 +28,7 @@ trap pack EXIT
 export PYTHONPATH=$PWD/src:$PWD PYTHONUNBUFFERED=1
 case "${STAGE:-check}" in
 check)
-  KAT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/ops/test_fast_path.py \
+  KAT_AUTOTUNE=0 timeout 260 python3 -m pytest -q -p no:cacheprovider tests/ops/test_fast_path.py \
     tests/ops/test_group_rational.py tests/ops/test_fuzz.py tests/test_norm_act1.py tests/ops/test_inline.py \
     --tb=short 2>&1 | tail -60 \
     | tee "$OUT/pytest.txt"
@@ -57,12 +57,12 @@ models)
   done
   ;;
 compile)
-  # both sides compiled. First Inductor's default mode with the kernels as triton_ops Inductor
-  # launches itself (inline.py) and the same with the opaque custom ops, then reduce-overhead
-  # (CUDA graphs: no host time per kernel)
-  for variant in inline default reduce-overhead; do
-    mode=$variant; inl=0; [ $variant = inline ] && { mode=default; inl=1; }
-    KAT_INLINE_TRITON=$inl timeout 200 python3 -m kat.cli.bench model --compile $mode --sizes ${SIZES:-tiny small} \
+  # both sides compiled. reduce-overhead (CUDA graphs: no host time per kernel, so the GPU time
+  # decides: #6's item 4), plain and with norm2 + act1 fused, then Inductor's default mode.
+  # KAT_INLINE_TRITON=1's default-mode A/B was run on 2026-11-30 (BENCHMARKS.md): no gain.
+  for variant in reduce-overhead reduce-overhead-fused default; do
+    mode=${variant%-fused}; extra=""; [ $variant != $mode ] && extra=--fuse-norm-act1
+    timeout 200 python3 -m kat.cli.bench model --compile $mode $extra --sizes ${SIZES:-tiny small} \
       --rational-impl ${IMPL:-triton} --iters 15 --repeats 3 --json "$OUT/model_compile_$variant.json" 2>&1 \
       | grep -E "^(tiny|small|base)|ratio|Error" | tee "$OUT/model_compile_$variant.txt"
     pack
@@ -83,7 +83,8 @@ profile)
 profile-compile)
   # compiled (Inductor default mode) KAT-T trains at ~0.6x compiled ViT-T while with CUDA graphs
   # it is at ~0.95x: count graphs, breaks and launches per step, and where the host time goes
-  timeout 400 python3 scripts/profile_step.py --size tiny --compile default --out "$OUT" 2>&1 \
+  # (order kat vit kat: the host time of one model depends on what ran before it in the process)
+  timeout 400 python3 scripts/profile_step.py --size tiny --compile default --order kat vit kat --out "$OUT" 2>&1 \
     | tee "$OUT/profile_step_compile.txt"
   pack
   ;;
