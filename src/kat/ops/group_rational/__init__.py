@@ -10,7 +10,8 @@ import logging
 
 import torch
 
-from .function import GroupRationalFunction, MAX_ORDER, Plan, _plannable, triton_available, triton_supports
+from .function import GroupRationalFunction, MAX_ORDER, triton_available, triton_supports
+from .plan import Plan, _plannable
 from .reference import check_inputs, evaluate, group_rational_reference
 
 __all__ = ["group_rational", "group_rational_channels_first", "group_rational_reference",

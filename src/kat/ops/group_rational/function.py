@@ -3,7 +3,8 @@
 ``torch.ops.kat.group_rational_fwd`` / ``group_rational_bwd`` wrap the Triton launchers as opaque
 custom ops with fake (meta) implementations, so ``torch.compile(fullgraph=True)`` traces through
 them; ``GroupRationalFunction`` ties them together for autograd (``inline.py``: the same kernels
-as ``triton_op``s Inductor launches itself, opt-in). The kernels are imported lazily so
+as ``triton_op``s Inductor launches itself, opt-in; ``plan.py``: the per-shape plans of the eager
+fast path, built from the launchers here). The kernels are imported lazily so
 that ``import kat`` never imports Triton. ``KAT_AUTOTUNE``, ``KAT_UNIFORM`` and ``KAT_ONE_WAVE`` (and, in
 ``launch.py``, ``TRITON_INTERPRET`` and ``KAT_DIRECT_LAUNCH``) are read when this module is imported
 (``import kat``): set them before that.
@@ -16,7 +17,7 @@ import os
 
 import torch
 
-from .launch import _INTERPRET, _Launch, _cdiv, _device_sms, _launch_guard
+from .launch import _INTERPRET, _cdiv, _launch_guard, _num_splits, _resident_programs
 from .reduction import _Reduction
 from .tuning import Tuner
 
@@ -109,32 +110,6 @@ def _padded(coef: torch.Tensor, width: int) -> torch.Tensor:
     if coef.shape[1] < width:
         coef = torch.nn.functional.pad(coef, (0, width - coef.shape[1]))
     return coef.contiguous()
-
-
-def _num_splits(x: torch.Tensor, s: int, block_s: int, blocks: int, warps: int,
-                resident: int | None = None) -> int:
-    """Programs along the stream axis in backward, never more than there are stream tiles. With
-    ``resident`` (programs of this compiled kernel that fit on one SM at once) the grid is one full
-    wave: every program starts at once and none waits for a second wave (at ~95 registers per
-    thread five 4-warp programs fit, and the old target of 32 warps per SM asked for 1.6 waves).
-    Without it (not yet known, the interpreter): enough for ~32 resident warps per SM."""
-    sms = _device_sms(x.device)
-    if resident:
-        return max(1, min(_cdiv(s, block_s), (sms * resident) // blocks))
-    return max(1, min(_cdiv(s, block_s), _cdiv(sms * max(1, 32 // warps), blocks)))
-
-
-def _resident_programs(n_regs: int, shared: int, warps: int, max_threads: int = 2048,
-                       smem_per_sm: int = 233472, regs_per_sm: int = 65536) -> int:
-    """Programs of a kernel (``n_regs`` registers per thread, ``shared`` bytes of shared memory,
-    ``warps`` warps) that one SM holds at once: registers are given to warps in blocks of 256,
-    every program takes 1 KiB of shared memory more than it asks for (sm_80/sm_90), at most 32
-    programs per SM. H200 defaults."""
-    regs_per_warp = _cdiv(max(n_regs, 1) * 32, 256) * 256
-    by_regs = (regs_per_sm // regs_per_warp) // warps
-    by_threads = max_threads // (32 * warps)
-    by_smem = smem_per_sm // (shared + 1024) if shared else 32
-    return max(1, min(by_regs, by_threads, by_smem, 32))
 
 
 # Backward kernels' occupancy, learned from the first compile of each (device, dtype, config,
@@ -398,97 +373,6 @@ def _(grad_out, x, numerator, denominator, channel_dim):
     return gx, torch.empty_like(numerator), torch.empty_like(denominator)
 
 
-# ---------------------------------------------------------------------------------------------
-# Eager fast path: one plan per (shapes, strides, dtypes, device), computed on first use
-
-class Plan:
-    """What the kernels need for calls on channels-last ``x`` of one shape, strides, dtype and
-    device, with coefficients of one shape: the matrix view's strides, the tuned configs and their
-    launchers. Per call, only the pointers change. Built on first use by ``group_rational``."""
-
-    __slots__ = ("x_stride", "c", "a_stride", "x_args", "fwd", "bwd", "partial_shape", "red", "function")
-
-    def __init__(self, x, numerator, denominator):
-        kernels = _kernels()
-        c, groups = x.shape[-1], denominator.shape[0]
-        x2 = x.view(-1, c)
-        self.x_stride = x2.stride()  # the row stride of the view, whatever x's own strides say
-        self.c = c
-        self.a_stride = 0 if numerator.shape[0] == 1 else 6
-        s, gs = x2.shape[0], c // groups
-        # Integer arguments after the pointers, fixed for the plan.
-        self.x_args = (s, c, c, gs, self.a_stride)
-        a, b = _padded(numerator, 6), _padded(denominator, 4)
-        y2 = torch.empty_like(x2, memory_format=torch.contiguous_format)
-        go2 = torch.empty_like(y2).normal_()
-        with _launch_guard(x):
-            fcfg = _TUNER.pick(("fwd", x.device, x.dtype, s, c, c, groups), _fwd_candidates(gs),
-                               lambda cfg: _launch_fwd(x2, y2, a, b, self.a_stride, c, groups, cfg))
-            bcfg = _TUNER.pick(("bwd", x.device, x.dtype, s, c, c, groups), _bwd_candidates(gs), _with_reduction(
-                lambda cfg: _launch_bwd(x2, go2, y2, a, b, self.a_stride, c, groups, cfg), c, c, groups,
-                numerator, denominator))
-        self.fwd = _Launch(kernels.group_rational_fwd_kernel, _fwd_grid(s, c, fcfg), _fwd_consts(fcfg, gs), fcfg[2], 4)
-        if _should_learn(x, _resident_key(x, bcfg, gs)):  # a config not timed here (tuning file, KAT_AUTOTUNE=0)
-            with _launch_guard(x):
-                _launch_bwd(x2, go2, y2, a, b, self.a_stride, c, groups, bcfg)
-        grid = _bwd_grid(x, s, c, bcfg, gs)
-        self.bwd = _Launch(kernels.group_rational_bwd_kernel, grid, _bwd_consts(bcfg, gs), bcfg[2], 6)
-        # partial[p, g, j, k]: split p, group g, channel (or folded block) j of the group, term k
-        gs_cols = _partial_columns(bcfg, c, gs) // groups
-        self.partial_shape = (grid[0], groups, gs_cols, kernels.NUM_ACC)
-        self.red = _Reduction(x.device, grid[0], groups, gs_cols, numerator.shape[1], denominator.shape[1],
-                              numerator.shape[0] == 1)
-        self.function = _plan_function(self)
-
-    def forward(self, x, numerator, denominator):
-        y = torch.empty_like(x, memory_format=torch.contiguous_format)
-        with _launch_guard(x):
-            self.fwd(x, y, _padded(numerator, 6), _padded(denominator, 4), *self.x_args, *self.x_stride,
-                     self.c, 1)
-        return y
-
-    def backward(self, grad_out, x, numerator, denominator):
-        if not grad_out.is_contiguous():
-            grad_out = grad_out.contiguous()
-        gx = torch.empty_like(x, memory_format=torch.contiguous_format)
-        partial = torch.empty(self.partial_shape, dtype=torch.float32, device=x.device)
-        with _launch_guard(x):
-            self.bwd(x, grad_out, gx, _padded(numerator, 6), _padded(denominator, 4), partial,
-                     *self.x_args, self.partial_shape[0], *self.x_stride, self.c, 1, self.c, 1)
-            return (gx, *self.red(partial, numerator, denominator))
-
-
-def _rows_collapse(shape, stride) -> bool:
-    """``x.view(-1, C)`` works for a tensor of this shape and stride: the leading dims (size-1
-    ones aside) nest like one contiguous block. Plain ints, so torch.compile's tracing can ask too."""
-    lead = [(n, s) for n, s in zip(shape[:-1], stride[:-1]) if n != 1]
-    return all(s0 == s1 * n1 for (_, s0), (n1, s1) in zip(lead, lead[1:]))
-
-
-def _plannable(x: torch.Tensor) -> bool:
-    """Rows that collapse to one stride (``x.view(-1, C)`` works) and something to compute."""
-    return x.numel() > 0 and _rows_collapse(tuple(x.shape), x.stride())
-
-
-def _plan_function(plan: Plan):
-    """An autograd.Function bound to ``plan``: ``apply(x, numerator, denominator)``. The plan is
-    reached through the closure, so no attribute is set on the autograd context and apply has no
-    non-tensor arguments to sort out (a little host time per call; the garbage collector, counted
-    on the H200, does not run during training steps either way)."""
-
-    class PlannedGroupRational(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, numerator, denominator):
-            ctx.save_for_backward(x, numerator, denominator)
-            return plan.forward(x, numerator, denominator)
-
-        @staticmethod
-        def backward(ctx, grad_out):
-            return plan.backward(grad_out, *ctx.saved_tensors)
-
-    return PlannedGroupRational
-
-
 class GroupRationalFunction(torch.autograd.Function):
     """Autograd for the fused op on the general path (calls without a :class:`Plan`: channels
     first, rows that do not collapse to one stride; and every call under torch.compile, which
@@ -525,4 +409,5 @@ class GroupRationalFunction(torch.autograd.Function):
         return gx, ga, gb, None
 
 
-from . import inline as _inline  # noqa: E402  (it builds on the plans above)
+from .plan import Plan, _plannable  # noqa: E402  (plans build on the launchers above)
+from . import inline as _inline  # noqa: E402  (it builds on the plans)

@@ -20,7 +20,8 @@ import os
 
 import torch
 
-from .function import _op_plan, _padded, _rows_collapse
+from .function import _op_plan, _padded
+from .plan import _rows_collapse
 
 ENABLED = os.environ.get("KAT_INLINE_TRITON", "0") == "1"
 

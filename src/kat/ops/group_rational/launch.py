@@ -1,6 +1,7 @@
 """Launching the kernels with little host time: a kernel at a fixed config and grid (``_Launch``)
 goes through Triton's JIT on its first call and then, on CUDA, straight through the compiled
-binary's launcher; plus the small helpers every launcher sizes its grid with. ``TRITON_INTERPRET``
+binary's launcher; plus the small helpers every launcher sizes its grid with (the backward's splits for one wave of
+resident programs among them). ``TRITON_INTERPRET``
 and ``KAT_DIRECT_LAUNCH`` are read at import."""
 from __future__ import annotations
 
@@ -118,3 +119,29 @@ class _Launch:
         if _DIRECT and compiled is None and args[0].is_cuda and hasattr(ret, "packed_metadata") \
                 and self._aligned(args) and not _launch_hooks_set():
             self.compiled = ret
+
+
+def _num_splits(x: torch.Tensor, s: int, block_s: int, blocks: int, warps: int,
+                resident: int | None = None) -> int:
+    """Programs along the stream axis in backward, never more than there are stream tiles. With
+    ``resident`` (programs of this compiled kernel that fit on one SM at once) the grid is one full
+    wave: every program starts at once and none waits for a second wave (at ~95 registers per
+    thread five 4-warp programs fit, and the old target of 32 warps per SM asked for 1.6 waves).
+    Without it (not yet known, the interpreter): enough for ~32 resident warps per SM."""
+    sms = _device_sms(x.device)
+    if resident:
+        return max(1, min(_cdiv(s, block_s), (sms * resident) // blocks))
+    return max(1, min(_cdiv(s, block_s), _cdiv(sms * max(1, 32 // warps), blocks)))
+
+
+def _resident_programs(n_regs: int, shared: int, warps: int, max_threads: int = 2048,
+                       smem_per_sm: int = 233472, regs_per_sm: int = 65536) -> int:
+    """Programs of a kernel (``n_regs`` registers per thread, ``shared`` bytes of shared memory,
+    ``warps`` warps) that one SM holds at once: registers are given to warps in blocks of 256,
+    every program takes 1 KiB of shared memory more than it asks for (sm_80/sm_90), at most 32
+    programs per SM. H200 defaults."""
+    regs_per_warp = _cdiv(max(n_regs, 1) * 32, 256) * 256
+    by_regs = (regs_per_sm // regs_per_warp) // warps
+    by_threads = max_threads // (32 * warps)
+    by_smem = smem_per_sm // (shared + 1024) if shared else 32
+    return max(1, min(by_regs, by_threads, by_smem, 32))

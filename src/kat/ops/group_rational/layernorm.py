@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from .function import _padded, _plannable, triton_supports
+from .function import _padded, triton_supports
+from .plan import _plannable
 from .launch import _Launch, _cdiv, _device_sms, _launch_guard
 from .reduction import _pow2, _Reduction
 
