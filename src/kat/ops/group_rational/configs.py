@@ -19,6 +19,11 @@ GPU_FWD_CONFIGS = [(32, 128, 4, False), (8, 256, 1, False), (64, 64, 4, False), 
                    # (scalar-coefficient) variant applies there too; (64, 32, 2) won at 768 on the
                    # H200 (2026-11-29), (128, 32, 4) in the tuning of 2026-11-30 (same time)
                    (32, 32, 1, False), (16, 32, 1, False), (64, 32, 2, False), (128, 32, 4, False),
+                   # 16 elements a thread instead of 32: sm_90 bf16 at group size 96 (C = 768) 58-64
+                   # registers against 168 for (64, 32, 2) (scripts/kernel_regs.py, Triton 3.8,
+                   # 2026-11-30), so ~2.5x the warps per SM; and the SELECT form (no tile-wide
+                   # overflow test). Not yet timed on a GPU
+                   (32, 32, 2, False), (64, 32, 4, False), (128, 32, 8, False), (64, 32, 4, True),
                    # 8 and 16 wide: the only widths that divide the group sizes of C = 192 (24) and
                    # 384 (48), so KAT-T's and KAT-S's first rational get scalar coefficients too;
                    # timed only where they are UNIFORM (function._fwd_candidates). sm_90 bf16: 47-64
