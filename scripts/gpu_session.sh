@@ -10,8 +10,9 @@
 #   STAGE=models bash scripts/gpu_session.sh   (~8 min) KAT vs ViT eager, plain and with norm2+act1
 #                fused (--fuse-norm-act1)
 #   STAGE=compile bash scripts/gpu_session.sh  (~10 min) both sides compiled, SIZES (tiny small):
-#                reduce-overhead, the same with --fuse-norm-act1, default mode (IMPL=torch: the
-#                rational as plain PyTorch)
+#                reduce-overhead, the same with --fuse-norm-act1, default mode
+#   STAGE=compile-torch bash scripts/gpu_session.sh  (~7 min) the same with the rationals as plain
+#                PyTorch that Inductor fuses (--rational-impl torch): default, reduce-overhead
 #   STAGE=profile-compile bash scripts/gpu_session.sh  (~5 min) the same for torch.compile'd models
 #                (default mode): graphs, graph breaks, launches per step, host time by operator
 #   STAGE=profile bash scripts/gpu_session.sh  (~3 min) KAT-T vs ViT-T step: eager vs CUDA graph, host-
@@ -26,7 +27,8 @@ OUT=$(mktemp -d /tmp/gpu_session.XXXX)
 pack() { tar czf "$FINAL/results.tgz" -C "$OUT" . ; }
 trap pack EXIT
 export PYTHONPATH=$PWD/src:$PWD PYTHONUNBUFFERED=1
-case "${STAGE:-check}" in
+STAGE=${STAGE:-check}
+case "$STAGE" in
 check)
   KAT_AUTOTUNE=0 timeout 260 python3 -m pytest -q -p no:cacheprovider tests/ops/test_fast_path.py \
     tests/ops/test_group_rational.py tests/ops/test_fuzz.py tests/test_norm_act1.py tests/ops/test_inline.py \
@@ -56,15 +58,20 @@ models)
     pack
   done
   ;;
-compile)
-  # both sides compiled. reduce-overhead (CUDA graphs: no host time per kernel, so the GPU time
-  # decides: #6's item 4), plain and with norm2 + act1 fused, then Inductor's default mode.
-  # KAT_INLINE_TRITON=1's default-mode A/B was run on 2026-11-30 (BENCHMARKS.md): no gain.
-  for variant in reduce-overhead reduce-overhead-fused default; do
-    mode=${variant%-fused}; extra=""; [ $variant != $mode ] && extra=--fuse-norm-act1
+compile|compile-torch)
+  # Both sides compiled. compile: reduce-overhead (CUDA graphs: no host time per kernel, so the
+  # GPU time decides: #6's item 4), plain and with norm2 + act1 fused, then Inductor's default
+  # mode. compile-torch: the rationals as plain PyTorch (--rational-impl torch), which Inductor
+  # fuses and launches itself like ViT's GELU, in both modes. KAT_INLINE_TRITON=1's default-mode
+  # A/B was run on 2026-11-30 (BENCHMARKS.md): no gain.
+  if [ $STAGE = compile ]; then variants="reduce-overhead:triton: reduce-overhead:triton:--fuse-norm-act1 default:triton:"
+  else variants="default:torch: reduce-overhead:torch:"; fi
+  for v in $variants; do
+    IFS=: read -r mode impl extra <<< "$v"
+    name=model_compile_${mode}_${impl}${extra:+_fused}
     timeout 200 python3 -m kat.cli.bench model --compile $mode $extra --sizes ${SIZES:-tiny small} \
-      --rational-impl ${IMPL:-triton} --iters 15 --repeats 3 --json "$OUT/model_compile_$variant.json" 2>&1 \
-      | grep -E "^(tiny|small|base)|ratio|Error" | tee "$OUT/model_compile_$variant.txt"
+      --rational-impl $impl --iters 15 --repeats 3 --json "$OUT/$name.json" 2>&1 \
+      | grep -E "^(tiny|small|base)|ratio|Error" | tee "$OUT/$name.txt"
     pack
   done
   ;;
