@@ -108,3 +108,18 @@ def test_unwritable_location_still_tunes(tmp_path):
     tuner, clock = _tuner(tmp_path, {CONFIGS[0]: 2.0, CONFIGS[1]: 1.0, CONFIGS[2]: 3.0},
                           path=lambda: blocker / "sub" / "tuning.json")
     assert tuner.pick(KEY, CONFIGS, launch=None) == CONFIGS[1]
+
+
+def test_first_use_inside_a_cuda_graph_capture_takes_the_first_config_untimed(tmp_path, monkeypatch):
+    """Nothing can be timed inside a capture: a stored choice is still used, else the first config,
+    remembered for the process but not written to the file (a later process tunes the shape)."""
+    monkeypatch.setattr(tuning, "_capturing", lambda: True)
+    tuner, clock = _tuner(tmp_path, {CONFIGS[0]: 3.0, CONFIGS[1]: 1.0, CONFIGS[2]: 2.0})
+    assert tuner.pick(KEY, CONFIGS, launch=None) == CONFIGS[0]
+    assert clock.calls == [] and not (tmp_path / "tuning.json").exists()
+    monkeypatch.setattr(tuning, "_capturing", lambda: False)
+    timed, _ = _tuner(tmp_path, {CONFIGS[0]: 3.0, CONFIGS[1]: 1.0, CONFIGS[2]: 2.0})
+    assert timed.pick(KEY, CONFIGS, launch=None) == CONFIGS[1]  # outside a capture: timed and stored
+    monkeypatch.setattr(tuning, "_capturing", lambda: True)
+    stored, clock = _tuner(tmp_path, {c: 1.0 for c in CONFIGS})
+    assert stored.pick(KEY, CONFIGS, launch=None) == CONFIGS[1] and clock.calls == []  # read, not timed

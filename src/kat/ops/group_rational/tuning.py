@@ -53,6 +53,10 @@ def _gpu_name(index: int) -> str:
     return torch.cuda.get_device_name(index)
 
 
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def _time_config(launch, cfg, calls: int = 8, replays: int = 7) -> float:
     """Milliseconds per ``launch(cfg)``: ``calls`` calls captured into one CUDA graph, the median of
     ``replays`` replays. Timed on the GPU alone: with plain launches (do_bench) a backward config
@@ -102,7 +106,11 @@ class Tuner:
             path = self._path()
             name = self._stored_name(key)
             cfg = self._load(path, name, configs) if path is not None else None
-            if cfg is None:
+            if cfg is None and _capturing():
+                # first use of a shape inside someone's CUDA graph capture: nothing can be timed
+                # (or synchronised) there, so the first config, kept for this process only
+                cfg = configs[0]
+            elif cfg is None:
                 cfg = self._fastest(key, configs, launch)
                 if path is not None:
                     self._save(path, name, cfg)
