@@ -4,6 +4,9 @@
 #   STAGE=check  bash scripts/gpu_session.sh   (~8 min) op tests on the real kernels, op bench with
 #                CUDA graphs (bf16 first: #2's targets; tuning choices in $OUT/tuning.json), the
 #                same-size copy column, host time per call, one quick model pair, fp32.
+#   STAGE=quick  bash scripts/gpu_session.sh   (~8 min) the ninth session's untimed changes: their GPU
+#                tests, the op bench (new candidates), KAT-T compiled: default mode with the
+#                rationals as plain PyTorch, reduce-overhead with the kernels
 #   STAGE=hostab bash scripts/gpu_session.sh   (~4 min) scripts/host_ab.py, tiny and small: the eager
 #                train step with one thing changed at a time (GELU for the rationals, a Python
 #                Function around GELU, Triton's own launch path, gc frozen), interleaved rounds
@@ -72,6 +75,25 @@ compile|compile-torch)
     timeout 200 python3 -m kat.cli.bench model --compile $mode $extra --sizes ${SIZES:-tiny small} \
       --rational-impl $impl --iters 15 --repeats 3 --json "$OUT/$name.json" 2>&1 \
       | grep -E "^(tiny|small|base)|ratio|Error" | tee "$OUT/$name.txt"
+    pack
+  done
+  ;;
+quick)
+  # One call for what the 2026-11-30 (ninth) session wrote without a GPU: its GPU tests, the op
+  # bench with the new candidates (narrow configs at C = 192, 16-elements-a-thread forwards at
+  # 768), then KAT-T compiled: default mode with the rationals as plain PyTorch (Inductor fuses
+  # them), reduce-overhead with the kernels (the new configs on #6's item 4)
+  KAT_AUTOTUNE=0 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/ops/test_fast_path.py tests/ops/test_tuning.py \
+    -k "folded or uniform or narrow or tuner or graph or fold" --tb=short 2>&1 | tail -15 | tee "$OUT/pytest_quick.txt"
+  pack
+  export KAT_TUNE_CACHE=$OUT/tuning.json
+  timeout 140 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs --json "$OUT/op_bf16.json" 2>&1 | tee "$OUT/op_bf16.txt"
+  pack
+  for v in default:torch reduce-overhead:triton; do
+    IFS=: read -r mode impl <<< "$v"
+    timeout 160 python3 -m kat.cli.bench model --compile $mode --sizes tiny --rational-impl $impl --iters 15 \
+      --repeats 3 --json "$OUT/model_compile_${mode}_${impl}.json" 2>&1 | grep -E "^tiny|Error" \
+      | tee "$OUT/model_compile_${mode}_${impl}.txt"
     pack
   done
   ;;
