@@ -89,7 +89,7 @@ quick)
   export KAT_TUNE_CACHE=$OUT/tuning.json
   timeout 140 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs --json "$OUT/op_bf16.json" 2>&1 | tee "$OUT/op_bf16.txt"
   pack
-  for v in default:torch reduce-overhead:triton; do
+  for v in default:torch reduce-overhead:triton; do  # (default:torch = what KAT_COMPILED_IMPL=torch compiles)
     IFS=: read -r mode impl <<< "$v"
     timeout 160 python3 -m kat.cli.bench model --compile $mode --sizes tiny --rational-impl $impl --iters 15 \
       --repeats 3 --json "$OUT/model_compile_${mode}_${impl}.json" 2>&1 | grep -E "^tiny|Error" \

@@ -63,3 +63,53 @@ def test_custom_ops_use_plans_like_the_eager_path(sliced, device):
         fy = torch.ops.kat.group_rational_fwd(mode.from_tensor(x), a, b, -1)
         fgx = torch.ops.kat.group_rational_bwd(mode.from_tensor(go), mode.from_tensor(x), a, b, -1)[0]
     assert fy.stride() == y.stride() and fgx.stride() == grads[0].stride()
+
+
+def test_compiled_impl_switch_routes_auto_calls_to_the_reference(monkeypatch):
+    """KAT_COMPILED_IMPL=torch: impl="auto" on a CUDA tensor takes the reference while compiling,
+    the kernels otherwise (and always without the switch). The device is only named here."""
+    import importlib
+    from types import SimpleNamespace
+    gr = importlib.import_module("kat.ops.group_rational")
+    x = SimpleNamespace(device=torch.device("cuda", 0))
+    monkeypatch.setattr(gr, "triton_supports", lambda *args: None)  # as for a supported CUDA call
+    for switch, compiling, want in [(True, True, "torch"), (True, False, "triton"), (False, True, "triton")]:
+        monkeypatch.setattr(gr, "_COMPILED_TORCH", switch)
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda c=compiling: c)
+        assert gr._resolve_impl("auto", x, None, None) == want
+        assert gr._resolve_impl("triton", x, None, None) == "triton"  # an explicit impl is kept
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the switch chooses between CUDA paths")
+def test_compiled_impl_switch_on_the_gpu(monkeypatch):
+    """With the switch the compiled graph holds no kat custom op, and its values and gradients match
+    the eager kernels' (fp32: rel <= 1e-5; coefficient sums in another order: 1e-4)."""
+    import importlib
+    gr = importlib.import_module("kat.ops.group_rational")
+    monkeypatch.setattr(gr, "_COMPILED_TORCH", True)
+    torch._dynamo.reset()
+    a = (torch.randn(1, 6, device="cuda") * 0.5).requires_grad_()
+    b = (torch.randn(8, 4, device="cuda") * 0.5).requires_grad_()
+    graphs = []
+
+    def record(gm, inputs):  # the code of the graph and of its subgraphs (autograd.Function bodies)
+        graphs.append("".join(m.code for m in gm.modules() if isinstance(m, torch.fx.GraphModule)))
+        return gm.forward
+
+    def f(x):
+        return kat.group_rational(x, a, b).square().mean()
+
+    x = torch.randn(4, 33, 64, device="cuda", requires_grad=True)
+    torch.compile(f, backend=record, fullgraph=True)(x)
+    monkeypatch.setattr(gr, "_COMPILED_TORCH", False)  # control: without the switch the op is there
+    torch._dynamo.reset()
+    torch.compile(f, backend=record, fullgraph=True)(x)
+    assert len(graphs) == 2 and "kat.group_rational" not in graphs[0] and "kat.group_rational" in graphs[1]
+    monkeypatch.setattr(gr, "_COMPILED_TORCH", True)
+    torch._dynamo.reset()
+    out_c = torch.compile(f, fullgraph=True)(x)
+    grads_c = torch.autograd.grad(out_c, (x, a, b))
+    out_e = f(x)  # eager: the Triton kernels
+    grads_e = torch.autograd.grad(out_e, (x, a, b))
+    assert rel_err(out_c, out_e) <= 1e-5 and rel_err(grads_c[0], grads_e[0]) <= 1e-5
+    assert rel_err(grads_c[1], grads_e[1]) <= 1e-4 and rel_err(grads_c[2], grads_e[2]) <= 1e-4

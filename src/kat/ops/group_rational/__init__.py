@@ -7,6 +7,7 @@ fused kernels (CUDA, or the CPU under ``TRITON_INTERPRET=1``; float32/bfloat16/f
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -25,6 +26,14 @@ _warned: set[str] = set()
 # decided once per distinct key; later calls look it up.
 _PLANS: dict = {}
 _TORCH = "torch"
+# KAT_COMPILED_IMPL=torch: under torch.compile, impl="auto" calls on CUDA take the PyTorch reference,
+# which Inductor fuses into its own kernels (as it does ViT's GELU) and recomputes in backward
+# (it keeps x and one bool mask), instead of the fused Triton kernels as opaque custom ops. Eager
+# calls are unchanged. Opt-in until measured on a GPU (scripts/gpu_session.sh STAGE=quick).
+_COMPILED_IMPL = os.environ.get("KAT_COMPILED_IMPL", "triton")
+if _COMPILED_IMPL not in ("triton", "torch"):
+    raise ValueError(f"KAT_COMPILED_IMPL must be 'triton' or 'torch', got {_COMPILED_IMPL!r}")
+_COMPILED_TORCH = _COMPILED_IMPL == "torch"
 
 
 def _resolve_impl(impl: str, x, numerator, denominator) -> str:
@@ -32,6 +41,8 @@ def _resolve_impl(impl: str, x, numerator, denominator) -> str:
         raise ValueError(f"group_rational: impl must be one of {IMPLS}, got {impl!r}")
     if impl == "torch" or (impl == "auto" and x.device.type != "cuda"):
         return "torch"  # auto: the interpreter (TRITON_INTERPRET=1) is for tests, never a default
+    if impl == "auto" and _COMPILED_TORCH and torch.compiler.is_compiling():
+        return "torch"
     reason = triton_supports(x, numerator, denominator)
     if impl == "triton":
         if reason is not None:
