@@ -83,8 +83,8 @@ quick)
   # bench with the new candidates (narrow configs at C = 192, 16-elements-a-thread forwards at
   # 768), then KAT-T compiled: default mode with the rationals as plain PyTorch (Inductor fuses
   # them), reduce-overhead with the kernels (the new configs on #6's item 4)
-  KAT_AUTOTUNE=0 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/ops/test_fast_path.py tests/ops/test_tuning.py \
-    -k "folded or uniform or narrow or tuner or graph or fold" --tb=short 2>&1 | tail -15 | tee "$OUT/pytest_quick.txt"
+  KAT_AUTOTUNE=0 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/ops/test_fast_path.py tests/ops/test_tuning.py tests/ops/test_compile.py \
+    -k "folded or uniform or narrow or tuner or graph or fold or switch" --tb=short 2>&1 | tail -15 | tee "$OUT/pytest_quick.txt"
   pack
   export KAT_TUNE_CACHE=$OUT/tuning.json
   timeout 140 python3 -m kat.cli.bench op --providers kat --dtypes bf16 --cuda-graphs --json "$OUT/op_bf16.json" 2>&1 | tee "$OUT/op_bf16.txt"
