@@ -14,7 +14,8 @@ step `kat-bench model` times):
   graph breaks Dynamo made, kernel launches per step from the profiler (the host cost of a compiled
   step is mostly launches, Inductor's and kat's custom ops'), and the same host/GPU tables.
 
-    PYTHONPATH=src python scripts/profile_step.py --size tiny [--fuse-norm-act1] [--compile MODE] [--out DIR]
+    PYTHONPATH=src python scripts/profile_step.py --size tiny [--fuse-norm-act1] [--compile MODE]
+        [--order kat vit kat] [--out DIR]
 """
 from __future__ import annotations
 

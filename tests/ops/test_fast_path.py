@@ -685,8 +685,7 @@ def test_first_backward_inside_a_cuda_graph_launches_once(fresh_plans, monkeypat
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the tuner times CUDA graphs on a GPU")
 def test_tuner_times_backward_and_reduction_in_graphs_without_counters(fresh_plans):
     """The tuner's timing of a backward config (kernel + two-launch reduction, replayed from a CUDA
-    graph) gives a positive time, takes no counter from the pool, and leaves results the eager
-    call reproduces."""
+    graph) gives a positive time and takes no counter from the pool."""
     from kat.ops.group_rational import tuning
     a, b = _coeffs(device="cuda")
     x2 = torch.randn(2048, 192, device="cuda", dtype=torch.bfloat16)

@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from .function import _op_plan, _padded
+from .function import _op_plan
 from .plan import _rows_collapse
 
 ENABLED = os.environ.get("KAT_INLINE_TRITON", "0") == "1"
@@ -55,40 +55,21 @@ def _plan(x, numerator, denominator):
         return _op_plan(xr, nr, dr, -1)
 
 
-def _kernel_args(launch) -> dict:
-    return dict(launch.consts, num_warps=launch.num_warps)
+def _traceable(launch, *args) -> None:
+    """Runs ``launch`` (a plan's fixed kernel, grid and constexprs) through ``wrap_triton``, which
+    Inductor traces into its graph and launches from its own code."""
+    wrap_triton(launch.kernel)[launch.grid](*args, **launch.consts, num_warps=launch.num_warps)
 
 
 if triton_op is not None:
     @triton_op("kat::group_rational_fwd_inline", mutates_args=())
     def group_rational_fwd_inline(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor
                                   ) -> torch.Tensor:
-        plan = _plan(x, numerator, denominator)
-        y = torch.empty_like(x, memory_format=torch.contiguous_format)
-        fwd = plan.fwd
-        wrap_triton(fwd.kernel)[fwd.grid](x, y, _padded(numerator, 6), _padded(denominator, 4), *plan.x_args,
-                                          *plan.x_stride, plan.c, 1, **_kernel_args(fwd))
-        return y
+        return _plan(x, numerator, denominator).forward(x, numerator, denominator, call=_traceable)
 
     @triton_op("kat::group_rational_bwd_inline", mutates_args=())
     def group_rational_bwd_inline(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor,
                                   denominator: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        plan = _plan(x, numerator, denominator)
-        grad_out = grad_out.contiguous()
-        gx = torch.empty_like(x, memory_format=torch.contiguous_format)
-        partial = torch.empty(plan.partial_shape, dtype=torch.float32, device=x.device)
-        a, b = _padded(numerator, 6), _padded(denominator, 4)
-        bwd = plan.bwd
-        wrap_triton(bwd.kernel)[bwd.grid](x, grad_out, gx, a, b, partial, *plan.x_args, plan.partial_shape[0],
-                                          *plan.x_stride, plan.c, 1, plan.c, 1, **_kernel_args(bwd))
-        red = plan.red
-        scratch = torch.empty((red.rs, red.groups, 16), dtype=torch.float32, device=x.device)
-        gnum = torch.empty((1 if red.shared else red.groups, red.num_m), dtype=torch.float32, device=x.device)
-        gden = torch.empty((red.groups, red.num_n), dtype=torch.float32, device=x.device)
-        # FINISH is off in this launch: the counter argument is never read, any fp32 buffer will do
-        wrap_triton(red.partials.kernel)[red.partials.grid](
-            partial, scratch, scratch, gnum, gden, red.rows, red.groups, red.gs, red.per, red.num_m, red.num_n,
-            **_kernel_args(red.partials))
-        wrap_triton(red.final.kernel)[red.final.grid](
-            scratch, gnum, gden, red.rs, red.groups, red.num_m, red.num_n, **_kernel_args(red.final))
-        return gx, gnum.to(numerator.dtype), gden.to(denominator.dtype)
+        # the two-launch reduction: the one-launch form's counter would belong to the traced graph
+        return _plan(x, numerator, denominator).backward(grad_out, x, numerator, denominator,
+                                                         call=_traceable, merged=False)

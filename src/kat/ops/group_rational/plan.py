@@ -52,22 +52,25 @@ class Plan:
                               numerator.shape[0] == 1)
         self.function = _plan_function(self)
 
-    def forward(self, x, numerator, denominator):
+    def forward(self, x, numerator, denominator, call=_Launch.__call__):
+        """y; ``call(launch, *args)`` runs a launch (inline.py passes one that Inductor can trace)."""
         y = torch.empty_like(x, memory_format=torch.contiguous_format)
         with _launch_guard(x):
-            self.fwd(x, y, _padded(numerator, 6), _padded(denominator, 4), *self.x_args, *self.x_stride,
-                     self.c, 1)
+            call(self.fwd, x, y, _padded(numerator, 6), _padded(denominator, 4), *self.x_args, *self.x_stride,
+                 self.c, 1)
         return y
 
-    def backward(self, grad_out, x, numerator, denominator):
+    def backward(self, grad_out, x, numerator, denominator, call=_Launch.__call__, merged: bool = True):
+        """(grad_x, grad_numerator, grad_denominator); ``call`` as in forward, ``merged`` as in
+        :class:`_Reduction`."""
         if not grad_out.is_contiguous():
             grad_out = grad_out.contiguous()
         gx = torch.empty_like(x, memory_format=torch.contiguous_format)
         partial = torch.empty(self.partial_shape, dtype=torch.float32, device=x.device)
         with _launch_guard(x):
-            self.bwd(x, grad_out, gx, _padded(numerator, 6), _padded(denominator, 4), partial,
-                     *self.x_args, self.partial_shape[0], *self.x_stride, self.c, 1, self.c, 1)
-            return (gx, *self.red(partial, numerator, denominator))
+            call(self.bwd, x, grad_out, gx, _padded(numerator, 6), _padded(denominator, 4), partial,
+                 *self.x_args, self.partial_shape[0], *self.x_stride, self.c, 1, self.c, 1)
+            return (gx, *self.red(partial, numerator, denominator, merged, call))
 
 
 def _rows_collapse(shape, stride) -> bool:

@@ -95,22 +95,23 @@ class _Reduction:
         self.final = _Launch(kernels.coefficient_grads_kernel, (1,), final, 4, 3)
 
     def __call__(self, partial: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
-                 merged: bool = True):
-        """(grad_numerator, grad_denominator) in the coefficients' dtypes, from ``partial``;
-        ``merged=False``: two launches (the tuner's graphs would use up counters otherwise)."""
+                 merged: bool = True, call=_Launch.__call__):
+        """(grad_numerator, grad_denominator) in the coefficients' dtypes, from ``partial``.
+        ``merged=False``: two launches (for the tuner's graphs, which would use up counters, and for
+        traced graphs, which should not own one); ``call(launch, *args)`` runs a launch."""
         dev = partial.device
         scratch = torch.empty((self.rs, self.groups, 16), dtype=torch.float32, device=dev)
         gnum = torch.empty((1 if self.shared else self.groups, self.num_m), dtype=torch.float32, device=dev)
         gden = torch.empty((self.groups, self.num_n), dtype=torch.float32, device=dev)
         counter = _counter(dev) if _MERGED and merged else None
         if counter is not None:
-            self.merged(partial, scratch, counter, gnum, gden, self.rows, self.groups, self.gs, self.per,
-                        self.num_m, self.num_n)
+            call(self.merged, partial, scratch, counter, gnum, gden, self.rows, self.groups, self.gs, self.per,
+                 self.num_m, self.num_n)
         else:
             # the counter pointer is unused without FINISH: any aligned buffer will do
-            self.partials(partial, scratch, scratch, gnum, gden, self.rows, self.groups, self.gs, self.per,
-                          self.num_m, self.num_n)
-            self.final(scratch, gnum, gden, self.rs, self.groups, self.num_m, self.num_n)
+            call(self.partials, partial, scratch, scratch, gnum, gden, self.rows, self.groups, self.gs, self.per,
+                 self.num_m, self.num_n)
+            call(self.final, scratch, gnum, gden, self.rs, self.groups, self.num_m, self.num_n)
         if numerator.dtype != gnum.dtype:
             gnum = gnum.to(numerator.dtype)
         if denominator.dtype != gden.dtype:

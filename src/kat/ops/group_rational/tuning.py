@@ -1,9 +1,9 @@
 """Choosing the kernels' tile config per shape, and remembering the choice across processes.
 
-On a GPU the first call of a new shape times every candidate config (CUDA events around replays
-of a CUDA graph of calls) and keeps the fastest. Timing is noisy, so two processes could pick different configs for one shape, and the
-backward's coefficient gradients, summed in a config-dependent order, would then differ in their
-last bits between runs. The choice is therefore also written to a small JSON file
+On a GPU the first call of a new shape times every candidate config (replays of a CUDA graph of
+calls) and keeps the fastest. Timing is noisy, so two processes could pick different configs for
+one shape, and the backward's coefficient gradients, summed in a config-dependent order, would
+then differ in their last bits between runs. The choice is therefore also written to a small JSON file
 (``KAT_TUNE_CACHE``, default ``~/.cache/kat/tuning.json``; ``0`` turns the file off), keyed by GPU
 model, Triton version, a hash of the kernels' source and the shape: later processes on that machine
 reuse it, so they run the same configs (bitwise-reproducible gradients from run to run) and skip
@@ -57,33 +57,15 @@ def _capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
-def _time_config(launch, cfg, calls: int = 8, replays: int = 7) -> float:
-    """Milliseconds per ``launch(cfg)``: ``calls`` calls captured into one CUDA graph, the median of
-    ``replays`` replays. Timed on the GPU alone: with plain launches (do_bench) a backward config
-    and its reduction cost more host time than GPU time on small shapes, so every candidate measured
-    about the same and the pick was noise (2026-11-30, H200: C = 768 bf16 fwd+bwd 0.095 ms with
-    that pick, 0.077 with the kernel-only pick before)."""
-    launch(cfg)  # compile outside the capture; a config that cannot build raises here
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        launch(cfg)  # warm the allocator on a side stream, as capturing wants
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            launch(cfg)
-    times = []
-    for i in range(replays + 1):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        if i:  # the first replay uploads the graph
-            times.append(start.elapsed_time(end) / calls)
-    del graph
-    return sorted(times)[len(times) // 2]
+def _time_config(launch, cfg) -> float:
+    """Milliseconds per ``launch(cfg)``, timed by Triton's ``do_bench_cudagraph``: calls captured into
+    one CUDA graph (on a side stream, after a warm-up call that compiles), the median of its replays.
+    On the GPU alone: with plain launches (``do_bench``) a backward config and its reduction cost more
+    host time than GPU time on small shapes, so every candidate measured about the same and the pick
+    was noise (2026-11-30, H200: C = 768 bf16 fwd+bwd 0.095 ms with that pick, 0.077 with the
+    kernel-only pick before). A config that cannot build raises in the warm-up call."""
+    from triton.testing import do_bench_cudagraph
+    return do_bench_cudagraph(lambda: launch(cfg), rep=3, return_mode="median")
 
 
 class Tuner:
