@@ -113,3 +113,63 @@ def test_compiled_impl_switch_on_the_gpu(monkeypatch):
     grads_e = torch.autograd.grad(out_e, (x, a, b))
     assert rel_err(out_c, out_e) <= 1e-5 and rel_err(grads_c[0], grads_e[0]) <= 1e-5
     assert rel_err(grads_c[1], grads_e[1]) <= 1e-4 and rel_err(grads_c[2], grads_e[2]) <= 1e-4
+
+
+_GRAPH_TREE_SCRIPT = r"""
+import sys
+import torch
+import kat
+from kat.ops.group_rational import launch, reduction, tuning
+
+if sys.argv[1] == "control":  # the allocations made where the caller's thread allocates
+    reduction._outside_graph_pools = tuning._outside_graph_pools = lambda fn, device: fn()
+
+torch.manual_seed(0)
+layer = kat.GroupRational(256, groups=8).cuda()
+x0 = torch.randn(4, 50, 256, device="cuda", dtype=torch.bfloat16)
+
+
+def step(x):
+    return layer(x).float().square().sum()
+
+
+compiled = torch.compile(step, mode="reduce-overhead")
+for _ in range(4):  # warm-up, recording, replays: the first kat call of the process is in the warm-up
+    x = x0.clone().requires_grad_()
+    layer.zero_grad()
+    compiled(x).backward()
+    got = (x.grad.clone(), layer.weight_numerator.grad.clone(), layer.weight_denominator.grad.clone())
+x = x0.clone().requires_grad_()
+layer.zero_grad()
+step(x).backward()
+want = (x.grad, layer.weight_numerator.grad, layer.weight_denominator.grad)
+# the same kernels and configs on the GPU; bf16 grad_x and fp32 sums within rounding (the CPU
+# check of this script compiles the reference instead)
+torch.testing.assert_close(got[0], want[0], rtol=2e-2, atol=2e-2)
+torch.testing.assert_close(got[1:], want[1:], rtol=1e-3, atol=1e-3)
+print("OK")
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph trees need a GPU")
+def test_first_call_inside_a_cuda_graph_tree_warmup(tmp_path):
+    """torch.compile(mode="reduce-overhead") runs a graph's first call with the thread's allocations
+    going to the graph tree's pool: the reduction's counter pool (alive for the process) and the
+    tuner's timing must be allocated outside it. A fresh process (no counter pool yet, tuning on,
+    no tuning file), gradients equal to the eager kernels'; the control, with the allocations made
+    on the caller's thread, is caught by Inductor's pool check (found on the H200, 2026-12-01)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "KAT_AUTOTUNE": "1", "KAT_TUNE_CACHE": "0",
+           "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root), os.environ.get("PYTHONPATH", "")])}
+    script = tmp_path / "tree.py"
+    script.write_text(_GRAPH_TREE_SCRIPT)
+    fixed = subprocess.run([sys.executable, str(script), "fixed"], env=env, capture_output=True, text=True,
+                           timeout=400)
+    assert fixed.returncode == 0 and "OK" in fixed.stdout, fixed.stderr[-3000:]
+    control = subprocess.run([sys.executable, str(script), "control"], env=env, capture_output=True, text=True,
+                             timeout=400)
+    assert control.returncode != 0 and "not tracked as outputs" in control.stderr, control.stderr[-3000:]

@@ -145,3 +145,37 @@ def _resident_programs(n_regs: int, shared: int, warps: int, max_threads: int = 
     by_threads = max_threads // (32 * warps)
     by_smem = smem_per_sm // (shared + 1024) if shared else 32
     return max(1, min(by_regs, by_threads, by_smem, 32))
+
+
+def _outside_graph_pools(fn, device: torch.device):
+    """``fn()`` run where no CUDA graph memory pool takes its allocations: on a helper thread (the
+    caller blocks on it), after the device has finished the caller's work, and synchronised again
+    before returning. torch.compile's CUDA graph trees run a graph's warm-up call with every
+    allocation of the calling thread going to the graphs' private pool; a tensor that outlives
+    the call there (the reduction's counter pool) is reported as an untracked pool allocation
+    (``Detected 1 tensor(s) in the cudagraph pool not tracked as outputs``, seen on the H200 on
+    2026-12-01) and may be overwritten by a later graph; the tuner's own CUDA graphs should not
+    nest in that pool either. Off CUDA (or without a GPU: unit tests), ``fn()`` is simply called."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return fn()
+    import threading
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch.cuda.synchronize(index)
+    box: list = []
+
+    def work():
+        try:
+            with torch.cuda.device(index):
+                result = fn()
+                torch.cuda.synchronize(index)
+            box.append((True, result))
+        except BaseException as exc:  # re-raised on the caller's thread
+            box.append((False, exc))
+
+    thread = threading.Thread(target=work, name="kat-outside-graph-pools")
+    thread.start()
+    thread.join()
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value

@@ -16,7 +16,7 @@ import threading
 
 import torch
 
-from .launch import _Launch, _cdiv, _device_sms
+from .launch import _Launch, _cdiv, _device_sms, _outside_graph_pools
 
 _MERGED = os.environ.get("KAT_MERGED_REDUCTION", "1") != "0"
 
@@ -38,7 +38,10 @@ def _new_counter(device: torch.device, capturing: bool):
         if entry is None:
             if capturing:
                 return None  # the pool must be zeroed outside a capture
-            entry = _POOLS[device] = [torch.zeros(_POOL_SLOTS * _SLOT, dtype=torch.int32, device=device), 0]
+            # allocated outside any CUDA graph pool: it lives as long as the process
+            pool = _outside_graph_pools(
+                lambda: torch.zeros(_POOL_SLOTS * _SLOT, dtype=torch.int32, device=device), device)
+            entry = _POOLS[device] = [pool, 0]
         pool, nxt = entry
         if nxt >= _POOL_SLOTS:
             return None

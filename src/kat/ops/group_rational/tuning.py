@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from .launch import _outside_graph_pools
+
 _ENV = "KAT_TUNE_CACHE"
 _TIMING = "graphs"  # how _time_config times: choices made another way (do_bench) are not reused
 
@@ -93,7 +95,9 @@ class Tuner:
                 # (or synchronised) there, so the first config, kept for this process only
                 cfg = configs[0]
             elif cfg is None:
-                cfg = self._fastest(key, configs, launch)
+                # timed on a helper thread: a first call in a CUDA graph tree's warm-up must not
+                # allocate (or capture the tuner's graphs) in the tree's pool
+                cfg = _outside_graph_pools(lambda: self._fastest(key, configs, launch), key[1])
                 if path is not None:
                     self._save(path, name, cfg)
         self.cache[key] = cfg
