@@ -9,6 +9,10 @@
 #                rationals as plain PyTorch, reduce-overhead with the kernels
 #   STAGE=graphtree bash scripts/gpu_session.sh (~9 min) the CUDA graph tree fix's GPU test, then both
 #                sides compiled: reduce-overhead with the kernels, default mode with plain PyTorch
+#   STAGE=floor bash scripts/gpu_session.sh  (~9 min) scripts/fwd_floor.py at C = 768 and 192 (the
+#                forward per tile config: tile copy, arithmetic alone, the kernel), then base compiled
+#                with CUDA graphs. Compiles take minutes on a fresh machine: for the default-mode
+#                plain-PyTorch run use SIZES=tiny LIMIT=520 VARIANTS=default:torch: STAGE=compile-torch
 #   STAGE=hostab bash scripts/gpu_session.sh   (~4 min) scripts/host_ab.py, tiny and small: the eager
 #                train step with one thing changed at a time (GELU for the rationals, a Python
 #                Function around GELU, Triton's own launch path, gc frozen), interleaved rounds
@@ -71,10 +75,11 @@ compile|compile-torch)
   # A/B was run on 2026-11-30 (BENCHMARKS.md): no gain.
   if [ $STAGE = compile ]; then variants="reduce-overhead:triton: reduce-overhead:triton:--fuse-norm-act1 default:triton:"
   else variants="default:torch: reduce-overhead:torch:"; fi
+  variants=${VARIANTS:-$variants}  # e.g. VARIANTS=default:torch: for one of them
   for v in $variants; do
     IFS=: read -r mode impl extra <<< "$v"
     name=model_compile_${mode}_${impl}${extra:+_fused}
-    timeout 200 python3 -m kat.cli.bench model --compile $mode $extra --sizes ${SIZES:-tiny small} \
+    timeout ${LIMIT:-200} python3 -m kat.cli.bench model --compile $mode $extra --sizes ${SIZES:-tiny small} \
       --rational-impl $impl --iters 15 --repeats 3 --json "$OUT/$name.json" 2>&1 \
       | grep -E "^(tiny|small|base)|ratio|Error" | tee "$OUT/$name.txt"
     pack
@@ -114,6 +119,20 @@ graphtree)
     grep -E "^(tiny|small)|Error" "$OUT/model_compile_${mode}_${impl}.log" | tee "$OUT/model_compile_${mode}_${impl}.txt"
     pack
   done
+  ;;
+floor)
+  # #2's last point (C = 768 bf16 at 59%, target 60%): where the forward's time goes per tile config
+  # (tile copy / arithmetic without the overflow test / the real kernel), then #6's item 4 for base
+  # (reduce-overhead, not yet run for base since the CUDA graph tree fix; its compile is slow)
+  for c in 768 192; do
+    timeout 150 python3 scripts/fwd_floor.py --channels $c --json "$OUT/fwd_floor_$c.json" 2>&1 \
+      | grep -v Warn | tee "$OUT/fwd_floor_$c.txt"
+    pack
+  done
+  timeout 280 python3 -m kat.cli.bench model --compile reduce-overhead --sizes base --iters 10 --repeats 3 \
+    --json "$OUT/model_compile_ro_base.json" > "$OUT/model_compile_ro_base.log" 2>&1
+  grep -E "^base|Error" "$OUT/model_compile_ro_base.log" | tee "$OUT/model_compile_ro_base.txt"
+  pack
   ;;
 hostab)
   for size in tiny small; do

@@ -22,13 +22,15 @@ GPU_FWD_CONFIGS = [(32, 128, 4, False), (8, 256, 1, False), (64, 64, 4, False), 
                    # 16 elements a thread instead of 32: sm_90 bf16 at group size 96 (C = 768) 58-64
                    # registers against 168 for (64, 32, 2) (scripts/kernel_regs.py, Triton 3.8,
                    # 2026-11-30), so ~2.5x the warps per SM; and the SELECT form (no tile-wide
-                   # overflow test). Not yet timed on a GPU
+                   # overflow test). Timed on the H200 on 2026-12-01 (bf16, C = 768): not picked
+                   # ((64, 32, 2) again); kept for dtypes and shapes not timed yet
                    (32, 32, 2, False), (64, 32, 4, False), (128, 32, 8, False), (64, 32, 4, True),
                    # 8 and 16 wide: the only widths that divide the group sizes of C = 192 (24) and
                    # 384 (48), so KAT-T's and KAT-S's first rational get scalar coefficients too;
                    # timed only where they are UNIFORM (function._fwd_candidates). sm_90 bf16: 47-64
                    # registers against 208 for (64, 32, 2) per column at group size 24
-                   # (scripts/kernel_regs.py, Triton 3.8, 2026-11-30); not yet timed on a GPU
+                   # (scripts/kernel_regs.py, Triton 3.8, 2026-11-30). On the H200 (2026-12-01,
+                   # bf16, C = 192) a 64-wide per-column config still won; C = 384 not yet timed
                    (128, 8, 4, False), (256, 8, 4, False), (64, 16, 2, False), (128, 16, 4, False)]
 # Backward configs: (BLOCK_S, BLOCK_C, warps, ROW_REDUCE[, STAGES[, FOLD]]). Those whose sm_90
 # build spills registers to the stack in the uniform bf16 variant (ptxas via Triton 3.8,
@@ -60,6 +62,7 @@ GPU_BWD_CONFIGS = [(8, 64, 4, False), (4, 128, 4, False), (2, 256, 1, False),
                    # narrow folded blocks for group sizes 24 and 48 (C = 192, 384), where no 32-wide
                    # block lies in one group: one 16-byte bf16 vector per thread and row, 64-96
                    # registers (sm_90, bf16; the per-column (8, 32, 2) takes 141 at group size 24).
-                   # Not yet timed on a GPU
+                   # H200, 2026-12-01, bf16 C = 192: not picked ((8, 32, 2, F, 3) won); C = 384 not
+                   # yet timed
                    (8, 8, 1, False, 3, 8), (16, 8, 1, False, 3, 8), (32, 8, 2, False, 3, 8),
                    (64, 8, 4, False, 3, 8), (16, 16, 2, False, 3, 8), (32, 16, 4, False, 3, 8)]
