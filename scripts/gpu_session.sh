@@ -7,8 +7,6 @@
 #   STAGE=quick  bash scripts/gpu_session.sh   (~8 min) the ninth session's untimed changes: their GPU
 #                tests, the op bench (new candidates), KAT-T compiled: default mode with the
 #                rationals as plain PyTorch, reduce-overhead with the kernels
-#   STAGE=graphtree bash scripts/gpu_session.sh (~9 min) the CUDA graph tree fix's GPU test, then both
-#                sides compiled: reduce-overhead with the kernels, default mode with plain PyTorch
 #   STAGE=floor bash scripts/gpu_session.sh  (~9 min) scripts/fwd_floor.py at C = 768 and 192 (the
 #                forward per tile config: tile copy, arithmetic alone, the kernel), then base compiled
 #                with CUDA graphs. Compiles take minutes on a fresh machine: for the default-mode
@@ -101,22 +99,6 @@ quick)
     timeout 160 python3 -m kat.cli.bench model --compile $mode --sizes tiny --rational-impl $impl --iters 15 \
       --repeats 3 --json "$OUT/model_compile_${mode}_${impl}.json" 2>&1 | grep -E "^tiny|Error" \
       | tee "$OUT/model_compile_${mode}_${impl}.txt"
-    pack
-  done
-  ;;
-graphtree)
-  # 2026-12-01: reduce-overhead failed ("tensor(s) in the cudagraph pool not tracked as outputs"):
-  # the reduction's counter pool was first allocated inside a CUDA graph tree's warm-up. The fix's
-  # GPU test (with its control), then #6's item 4 with the fix, then default mode with the
-  # rationals as plain PyTorch (which ran past 160 s in STAGE=quick: given more time here)
-  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/ops/test_compile.py -k "graph_tree" --tb=short 2>&1 \
-    | tail -15 | tee "$OUT/pytest_graphtree.txt"
-  pack
-  for v in reduce-overhead:triton:"tiny small":200 default:torch:tiny:240; do
-    IFS=: read -r mode impl sizes limit <<< "$v"
-    timeout $limit python3 -m kat.cli.bench model --compile $mode --sizes $sizes --rational-impl $impl --iters 15 \
-      --repeats 3 --json "$OUT/model_compile_${mode}_${impl}.json" > "$OUT/model_compile_${mode}_${impl}.log" 2>&1
-    grep -E "^(tiny|small)|Error" "$OUT/model_compile_${mode}_${impl}.log" | tee "$OUT/model_compile_${mode}_${impl}.txt"
     pack
   done
   ;;

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 
 import torch
 
@@ -158,7 +159,6 @@ def _outside_graph_pools(fn, device: torch.device):
     nest in that pool either. Off CUDA (or without a GPU: unit tests), ``fn()`` is simply called."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return fn()
-    import threading
     index = device.index if device.index is not None else torch.cuda.current_device()
     torch.cuda.synchronize(index)
     box: list = []
