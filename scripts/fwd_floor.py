@@ -1,20 +1,21 @@
 #!/usr/bin/env python3
 """Where the group-rational forward's time goes at one shape, on a GPU (a diagnostic for #2).
 
-For each forward tile config that applies (configs.GPU_FWD_CONFIGS, as the tuner offers them), four
-kernels over the same (S, C) matrix, each timed by Triton's ``do_bench_cudagraph`` (calls captured
-in one CUDA graph, median of replays, like the tuner):
+For each forward tile config that applies (configs.GPU_FWD_CONFIGS, as the tuner offers them):
 
-  copy      a 2-D tile copy with the config's tiling (load, convert to fp32, convert back, store):
-            the floor of that tiling
-  math      the rational's arithmetic on the tile (scalar or per-column coefficients as the kernel
-            would use) without the tile-wide overflow test: wrong for |x| > ~4e7, diagnostic only
-  kat       the real forward kernel at that config
-  torch     ``y.copy_(x)`` (the same-size copy; one number, not per config)
+  copy          a 2-D tile copy with the config's tiling, programs launched rows first (load,
+                convert to fp32, convert back, store): the floor of that tiling
+  math          the rational's arithmetic on the tile without the tile-wide overflow test (wrong
+                for |x| > ~4e7, diagnostic only), rows first
+  rows / cols   the real forward kernel with its programs launched rows first (the old order) and
+                column blocks first (``KAT_COLS_FIRST``, the default)
+  torch         ``y.copy_(x)`` (the same-size copy; one number, not per config)
 
-Read: kat - math = the overflow test's cost; math - copy = the arithmetic's; copy vs torch = the
-tiling's. Fractions are of bytes moved (read x + write y) over the reference copy bandwidth of a
-2 GiB copy measured in the same run.
+"warm" times are Triton's ``do_bench_cudagraph`` (calls captured in one CUDA graph, median of
+replays, like the tuner: x stays partly in L2 from call to call); "cold" times replay a graph of one
+call through ``do_bench``, which clears L2 before each call (like ``kat-bench op --cuda-graphs``).
+Fractions are of bytes moved (read x + write y) over the bandwidth of a 2 GiB fp32 copy timed by
+``do_bench`` in the same run (what ``kat-bench op`` uses).
 
     PYTHONPATH=src python scripts/fwd_floor.py [--channels 768] [--dtype bf16] [--json out.json]
 """
@@ -26,7 +27,7 @@ import json
 import torch
 import triton
 import triton.language as tl
-from triton.testing import do_bench_cudagraph
+from triton.testing import do_bench, do_bench_cudagraph
 
 from kat.ops.group_rational import function as F
 from kat.ops.group_rational.kernels import _block_coefficients, _pq, _rcp_q
@@ -62,11 +63,21 @@ def _time(fn) -> float:
     return do_bench_cudagraph(fn, rep=20, return_mode="median")
 
 
+def _time_cold(fn) -> float:
+    """One call captured in a CUDA graph, replayed by ``do_bench`` (L2 cleared before each)."""
+    fn()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return do_bench(graph.replay, warmup=25, rep=200, return_mode="median")
+
+
 def _reference_copy_gb_s() -> float:
-    """Bytes read + written per second by a 2 GiB device-to-device copy."""
-    src = torch.empty(2 ** 30, dtype=torch.int16, device="cuda")
+    """Bytes read + written per second by a 2 GiB device-to-device copy (as kat-bench op)."""
+    src = torch.empty(2 ** 29, dtype=torch.float32, device="cuda").uniform_()
     dst = torch.empty_like(src)
-    return 2 * src.numel() * src.element_size() / (_time(lambda: dst.copy_(src)) * 1e-3) / 1e9
+    ms = do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
 
 
 def main():
@@ -92,31 +103,42 @@ def main():
     def frac(ms):
         return moved / (ms * 1e-3) / 1e9 / ref_bw
 
-    torch_ms = _time(lambda: y.copy_(x))
-    print(f"reference copy {ref_bw:.0f} GB/s; x {tuple(x.shape)} {args.dtype}; torch copy of x "
-          f"{torch_ms * 1e3:.1f} us ({frac(torch_ms):.0%})")
+    torch_ms, torch_cold = _time(lambda: y.copy_(x)), _time_cold(lambda: y.copy_(x))
+    print(f"reference copy {ref_bw:.0f} GB/s; x {tuple(x.shape)} {args.dtype}; torch copy of x warm "
+          f"{torch_ms * 1e3:.1f} us ({frac(torch_ms):.0%}), cold {torch_cold * 1e3:.1f} us ({frac(torch_cold):.0%})")
+    print("config                     uniform   copy        math        rows warm   cols warm   rows cold   cols cold")
     rows = []
     for cfg in F._fwd_candidates(gs):
         bs, bc, warps, select = cfg
-        grid = F._fwd_grid(s, c, cfg)
+        grid = (triton.cdiv(s, bs), triton.cdiv(c, bc))
         uniform = F._uniform(bc, gs)
+
+        def kat(order):
+            F._COLS_FIRST_ON = order
+            return lambda: F._launch_fwd(x, y, a, b, 0, c, groups, cfg)
+
         try:
-            copy_ms = _time(lambda: _tile_copy_kernel[grid](x, y, s, c, x.stride(0), y.stride(0), BLOCK_S=bs,
-                                                            BLOCK_C=bc, num_warps=warps))
-            math_ms = _time(lambda: _math_only_kernel[grid](x, y, a, b, s, c, c, gs, 0, x.stride(0), y.stride(0),
-                                                            BLOCK_S=bs, BLOCK_C=bc, UNIFORM=uniform,
-                                                            num_warps=warps))
-            kat_ms = _time(lambda: F._launch_fwd(x, y, a, b, 0, c, groups, cfg))
+            row = {"cfg": list(cfg), "uniform": uniform}
+            row["copy_ms"] = _time(lambda: _tile_copy_kernel[grid](x, y, s, c, x.stride(0), y.stride(0), BLOCK_S=bs,
+                                                                   BLOCK_C=bc, num_warps=warps))
+            row["math_ms"] = _time(lambda: _math_only_kernel[grid](x, y, a, b, s, c, c, gs, 0, x.stride(0),
+                                                                   y.stride(0), BLOCK_S=bs, BLOCK_C=bc,
+                                                                   UNIFORM=uniform, num_warps=warps))
+            for order, name in ((False, "rows"), (True, "cols")):
+                row[f"{name}_warm_ms"] = _time(kat(order))
+                row[f"{name}_cold_ms"] = _time_cold(kat(order))
         except Exception as exc:  # a config this GPU cannot build
             print(f"{cfg}: {type(exc).__name__}: {exc}"[:200])
             continue
-        row = {"cfg": list(cfg), "uniform": uniform, "copy_ms": copy_ms, "math_ms": math_ms, "kat_ms": kat_ms}
+        finally:
+            F._COLS_FIRST_ON = True
         rows.append(row)
-        print(f"{str(cfg):26s} uniform={int(uniform)}  copy {copy_ms * 1e3:6.1f} us ({frac(copy_ms):4.0%})  "
-              f"math {math_ms * 1e3:6.1f} us ({frac(math_ms):4.0%})  kat {kat_ms * 1e3:6.1f} us ({frac(kat_ms):4.0%})")
+        cells = "  ".join(f"{row[k] * 1e3:5.1f} ({frac(row[k]):4.0%})" for k in
+                          ("copy_ms", "math_ms", "rows_warm_ms", "cols_warm_ms", "rows_cold_ms", "cols_cold_ms"))
+        print(f"{str(cfg):26s} {int(uniform)}  {cells}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"ref_copy_gb_s": ref_bw, "torch_copy_ms": torch_ms, "shape": [s, c], "dtype": args.dtype,
+            json.dump({"ref_copy_gb_s": ref_bw, "torch_copy_ms": torch_ms, "torch_copy_cold_ms": torch_cold, "shape": [s, c], "dtype": args.dtype,
                        "groups": groups, "rows": rows}, fh, indent=1)
 
 

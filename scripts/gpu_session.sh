@@ -7,10 +7,13 @@
 #   STAGE=quick  bash scripts/gpu_session.sh   (~8 min) the ninth session's untimed changes: their GPU
 #                tests, the op bench (new candidates), KAT-T compiled: default mode with the
 #                rationals as plain PyTorch, reduce-overhead with the kernels
-#   STAGE=floor bash scripts/gpu_session.sh  (~9 min) scripts/fwd_floor.py at C = 768 and 192 (the
-#                forward per tile config: tile copy, arithmetic alone, the kernel), then base compiled
-#                with CUDA graphs. Compiles take minutes on a fresh machine: for the default-mode
-#                plain-PyTorch run use SIZES=tiny LIMIT=520 VARIANTS=default:torch: STAGE=compile-torch
+#   STAGE=order bash scripts/gpu_session.sh  (~9 min) the forward's launch order (KAT_COLS_FIRST): GPU
+#                tests, op bench A/B, scripts/fwd_floor.py at C = 768 and 3072 (per tile config:
+#                tile copy, arithmetic alone, the kernel in both orders, L2 warm and cold).
+#                Compiles take minutes on a fresh machine: for the default-mode plain-PyTorch
+#                model run use SIZES=tiny LIMIT=520 VARIANTS=default:torch: STAGE=compile-torch
+#   STAGE=verify bash scripts/gpu_session.sh  (~9 min) after a kernel change: the op tests on the GPU,
+#                the op bench in bf16 and fp32 (tuning choices in $OUT/tuning.json)
 #   STAGE=hostab bash scripts/gpu_session.sh   (~4 min) scripts/host_ab.py, tiny and small: the eager
 #                train step with one thing changed at a time (GELU for the rationals, a Python
 #                Function around GELU, Triton's own launch path, gc frozen), interleaved rounds
@@ -102,19 +105,38 @@ quick)
     pack
   done
   ;;
-floor)
-  # #2's last point (C = 768 bf16 at 59%, target 60%): where the forward's time goes per tile config
-  # (tile copy / arithmetic without the overflow test / the real kernel), then #6's item 4 for base
-  # (reduce-overhead, not yet run for base since the CUDA graph tree fix; its compile is slow)
-  for c in 768 192; do
-    timeout 150 python3 scripts/fwd_floor.py --channels $c --json "$OUT/fwd_floor_$c.json" 2>&1 \
+order)
+  # #2's last point (C = 768 bf16 at 59%, target 60%): the forward launched column blocks first
+  # (KAT_COLS_FIRST, new) against rows first. Its GPU tests, then the op bench A/B (fresh tuning
+  # file each; the default order twice, around the old), then scripts/fwd_floor.py per config.
+  KAT_AUTOTUNE=0 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/ops/test_fast_path.py \
+    -k "grid_order or uniform or overflow" --tb=short 2>&1 | tail -15 | tee "$OUT/pytest.txt"
+  pack
+  for run in 1:a 0:b 1:c; do
+    cf=${run%%:*}
+    KAT_COLS_FIRST=$cf KAT_TUNE_CACHE=$OUT/tuning_$run.json timeout 120 python3 -m kat.cli.bench op \
+      --providers kat --dtypes bf16 --cuda-graphs --json "$OUT/op_bf16_$run.json" 2>&1 | grep -v Warn \
+      | tee "$OUT/op_bf16_$run.txt"
+    pack
+  done
+  for c in 768 3072; do
+    timeout 110 python3 scripts/fwd_floor.py --channels $c --json "$OUT/fwd_floor_$c.json" 2>&1 \
       | grep -v Warn | tee "$OUT/fwd_floor_$c.txt"
     pack
   done
-  timeout 280 python3 -m kat.cli.bench model --compile reduce-overhead --sizes base --iters 10 --repeats 3 \
-    --json "$OUT/model_compile_ro_base.json" > "$OUT/model_compile_ro_base.log" 2>&1
-  grep -E "^base|Error" "$OUT/model_compile_ro_base.log" | tee "$OUT/model_compile_ro_base.txt"
+  ;;
+verify)
+  # after a kernel change: the op tests on the real kernels, then the op bench in bf16 and fp32
+  KAT_AUTOTUNE=0 timeout 250 python3 -m pytest -q -p no:cacheprovider tests/ops/test_fast_path.py \
+    tests/ops/test_group_rational.py tests/ops/test_fuzz.py tests/test_norm_act1.py tests/ops/test_inline.py \
+    --tb=short 2>&1 | tail -30 | tee "$OUT/pytest.txt"
   pack
+  export KAT_TUNE_CACHE=$OUT/tuning.json
+  for dt in bf16 fp32; do
+    timeout 150 python3 -m kat.cli.bench op --providers kat --dtypes $dt --cuda-graphs --json "$OUT/op_$dt.json" \
+      2>&1 | grep -v Warn | tee "$OUT/op_$dt.txt"
+    pack
+  done
   ;;
 hostab)
   for size in tiny small; do

@@ -237,6 +237,37 @@ def test_group_uniform_blocks(c, groups, shared, channels_first, dtype, select, 
             torch.testing.assert_close(u, v, rtol=4 * torch.finfo(u.dtype).eps, atol=1e-6)
 
 
+def test_forward_grid_order_rule(monkeypatch):
+    """Column blocks go on the forward grid's first axis while the row blocks fit the second axis's
+    65535; the grid and the kernel's COLS_FIRST constant always agree."""
+    cfg = (8, 32, 2, False)
+    for s, cols_first in ((1, True), (8 * 65535, True), (8 * 65535 + 1, False), (0, False)):
+        assert fn._cols_first(s, cfg) == cols_first
+        assert fn._fwd_consts(cfg, 96, s)["COLS_FIRST"] == cols_first
+        rows, cols = -(-s // 8), 768 // 32
+        assert fn._fwd_grid(s, 768, cfg) == ((cols, rows) if cols_first else (rows, cols))
+    monkeypatch.setattr(fn, "_COLS_FIRST_ON", False)  # as KAT_COLS_FIRST=0 at import
+    assert not fn._cols_first(8, cfg) and fn._fwd_grid(8, 768, cfg) == (1, 24)
+
+
+@pytest.mark.parametrize("c,groups,dtype", [(200, 8, torch.float32), (768, 8, torch.bfloat16)])
+def test_forward_grid_orders_agree(c, groups, dtype, device, monkeypatch, fresh_plans):
+    """Both launch orders of the forward (column blocks first, the default, and rows first, what
+    more than 65535 row blocks take) give the float64 formula's values and the same bits: every
+    program computes the same tile either way. A tail tile along rows and columns (C = 200)."""
+    x = torch.randn(3, 37, c, device=device, dtype=dtype)
+    a, b = _coeffs(groups=groups, shared=False, device=device)
+    monkeypatch.setattr(kernels, "FWD_CONFIGS", [(16, 64, 4, False)])
+    results = []
+    for order in (True, False):
+        monkeypatch.setattr(fn, "_COLS_FIRST_ON", order)
+        gr._PLANS.clear()
+        fn._TUNER.cache.clear()
+        results.append(_check("triton", x, a, b))
+    for u, v in zip(*results):
+        assert torch.equal(u, v)
+
+
 @pytest.mark.parametrize("select", [True, False])
 def test_forward_overflow_variants(select, device, monkeypatch, fresh_plans):
     """Where P or Q overflows fp32 the forward evaluates the scaled form: per element in both

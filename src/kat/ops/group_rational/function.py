@@ -37,6 +37,8 @@ _AUTOTUNE = os.environ.get("KAT_AUTOTUNE", "1") != "0"
 _UNIFORM_ON = os.environ.get("KAT_UNIFORM", "1") != "0"
 # KAT_FOLD=0 keeps one backward accumulator per column even where a block lies in one group (A/B).
 _FOLD_ON = os.environ.get("KAT_FOLD", "1") != "0"
+# KAT_COLS_FIRST=0 launches the forward's programs rows first (the old order: A/B).
+_COLS_FIRST_ON = os.environ.get("KAT_COLS_FIRST", "1") != "0"
 # KAT_ONE_WAVE=0 sizes the backward's grid by the ~32-warps-per-SM guess instead of one full wave
 # from the compiled kernel's occupancy (A/B).
 _ONE_WAVE = os.environ.get("KAT_ONE_WAVE", "1") != "0"
@@ -163,9 +165,18 @@ def _operands(x, numerator, denominator, channel_dim):
 # The constexprs in the kernels' parameter order (direct launches pass them positionally).
 # UNIFORM: every program's block of BLOCK_C channel-axis indices lies in one group (BLOCK_C divides
 # the group size, hence C), so the kernels load the coefficients as scalars.
-def _fwd_consts(cfg, group_size: int = 0) -> dict:
+def _fwd_consts(cfg, group_size: int = 0, s: int = 0) -> dict:
+    """Forward configs: (BLOCK_S, BLOCK_C, warps, SELECT); ``s`` (rows) decides the grid's order
+    (see _cols_first), which ``_fwd_grid`` follows."""
     bs, bc, _warps, select = cfg
-    return {"BLOCK_S": bs, "BLOCK_C": bc, "SELECT": select, "UNIFORM": _uniform(bc, group_size)}
+    return {"BLOCK_S": bs, "BLOCK_C": bc, "SELECT": select, "UNIFORM": _uniform(bc, group_size),
+            "COLS_FIRST": _cols_first(s, cfg)}
+
+
+def _cols_first(s: int, cfg) -> bool:
+    """Whether the forward's grid puts column blocks on its first (fastest-launched) axis. The
+    second axis holds at most 65535 blocks, so rows beyond 65535 row blocks keep rows first."""
+    return _COLS_FIRST_ON and 0 < _cdiv(s, cfg[0]) <= 65535
 
 
 def _bwd_consts(cfg, group_size: int = 0) -> dict:
@@ -215,7 +226,8 @@ def _uniform(block_c: int, group_size: int) -> bool:
 
 
 def _fwd_grid(s: int, ca: int, cfg) -> tuple:
-    return (_cdiv(s, cfg[0]), _cdiv(ca, cfg[1]))
+    rows, cols = _cdiv(s, cfg[0]), _cdiv(ca, cfg[1])
+    return (cols, rows) if _cols_first(s, cfg) else (rows, cols)
 
 
 def _bwd_grid(x: torch.Tensor, s: int, ca: int, cfg, group_size: int = 0) -> tuple:
@@ -231,7 +243,7 @@ def _launch_fwd(x2, y2, a, b, a_stride, c, groups, cfg):
     s, ca = x2.shape
     _kernels().group_rational_fwd_kernel[_fwd_grid(s, ca, cfg)](
         x2, y2, a, b, s, ca, c, c // groups, a_stride, *x2.stride(), *y2.stride(),
-        **_fwd_consts(cfg, c // groups), num_warps=cfg[2])
+        **_fwd_consts(cfg, c // groups, s), num_warps=cfg[2])
 
 
 def _launch_bwd(x2, g2, gx2, a, b, a_stride, c, groups, cfg) -> torch.Tensor:

@@ -122,9 +122,16 @@ def group_rational_fwd_kernel(
     S, CA, C, GROUP_SIZE, a_group_stride,
     stride_xs, stride_xc, stride_ys, stride_yc,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, SELECT: tl.constexpr, UNIFORM: tl.constexpr,
+    COLS_FIRST: tl.constexpr = False,
 ):
-    pid_s = tl.program_id(0)
-    pid_c = tl.program_id(1)
+    if COLS_FIRST:
+        # grid (column blocks, row blocks): the programs that run at the same time cover whole rows
+        # (contiguous memory) rather than one column strip of many rows
+        pid_c = tl.program_id(0)
+        pid_s = tl.program_id(1)
+    else:
+        pid_s = tl.program_id(0)
+        pid_c = tl.program_id(1)
     ca = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = ca < CA
     a0, a1, a2, a3, a4, a5, b1, b2, b3, b4 = _block_coefficients(

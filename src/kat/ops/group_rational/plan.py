@@ -39,7 +39,7 @@ class Plan:
             bcfg = _TUNER.pick(("bwd", x.device, x.dtype, s, c, c, groups), _bwd_candidates(gs), _with_reduction(
                 lambda cfg: _launch_bwd(x2, go2, y2, a, b, self.a_stride, c, groups, cfg), c, c, groups,
                 numerator, denominator))
-        self.fwd = _Launch(kernels.group_rational_fwd_kernel, _fwd_grid(s, c, fcfg), _fwd_consts(fcfg, gs), fcfg[2], 4)
+        self.fwd = _Launch(kernels.group_rational_fwd_kernel, _fwd_grid(s, c, fcfg), _fwd_consts(fcfg, gs, s), fcfg[2], 4)
         if _should_learn(x, _resident_key(x, bcfg, gs)):  # a config not timed here (tuning file, KAT_AUTOTUNE=0)
             with _launch_guard(x):
                 _launch_bwd(x2, go2, y2, a, b, self.a_stride, c, groups, bcfg)
