@@ -4,10 +4,10 @@
 custom ops with fake (meta) implementations, so ``torch.compile(fullgraph=True)`` traces through
 them; ``GroupRationalFunction`` ties them together for autograd (``inline.py``: the same kernels
 as ``triton_op``s Inductor launches itself, opt-in; ``plan.py``: the per-shape plans of the eager
-fast path, built from the launchers here). The kernels are imported lazily so
-that ``import kat`` never imports Triton. ``KAT_AUTOTUNE``, ``KAT_UNIFORM`` and ``KAT_ONE_WAVE`` (and, in
-``launch.py``, ``TRITON_INTERPRET`` and ``KAT_DIRECT_LAUNCH``) are read when this module is imported
-(``import kat``): set them before that.
+fast path, built from the launchers here). The kernels are imported lazily so that ``import kat``
+never imports Triton. ``KAT_AUTOTUNE``, ``KAT_UNIFORM``, ``KAT_FOLD``, ``KAT_COLS_FIRST`` and
+``KAT_ONE_WAVE`` (and, in ``launch.py``, ``TRITON_INTERPRET`` and ``KAT_DIRECT_LAUNCH``) are read
+when this module is imported (``import kat``): set them before that.
 """
 from __future__ import annotations
 
