@@ -108,6 +108,7 @@ def main():
           f"{torch_ms * 1e3:.1f} us ({frac(torch_ms):.0%}), cold {torch_cold * 1e3:.1f} us ({frac(torch_cold):.0%})")
     print("config                     uniform   copy        math        rows warm   cols warm   rows cold   cols cold")
     rows = []
+    default_order = F._COLS_FIRST_ON
     for cfg in F._fwd_candidates(gs):
         bs, bc, warps, select = cfg
         grid = (triton.cdiv(s, bs), triton.cdiv(c, bc))
@@ -131,15 +132,15 @@ def main():
             print(f"{cfg}: {type(exc).__name__}: {exc}"[:200])
             continue
         finally:
-            F._COLS_FIRST_ON = True
+            F._COLS_FIRST_ON = default_order
         rows.append(row)
         cells = "  ".join(f"{row[k] * 1e3:5.1f} ({frac(row[k]):4.0%})" for k in
                           ("copy_ms", "math_ms", "rows_warm_ms", "cols_warm_ms", "rows_cold_ms", "cols_cold_ms"))
         print(f"{str(cfg):26s} {int(uniform)}  {cells}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"ref_copy_gb_s": ref_bw, "torch_copy_ms": torch_ms, "torch_copy_cold_ms": torch_cold, "shape": [s, c], "dtype": args.dtype,
-                       "groups": groups, "rows": rows}, fh, indent=1)
+            json.dump({"ref_copy_gb_s": ref_bw, "torch_copy_ms": torch_ms, "torch_copy_cold_ms": torch_cold,
+                       "shape": [s, c], "dtype": args.dtype, "groups": groups, "rows": rows}, fh, indent=1)
 
 
 if __name__ == "__main__":

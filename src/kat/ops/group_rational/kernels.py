@@ -122,7 +122,7 @@ def group_rational_fwd_kernel(
     S, CA, C, GROUP_SIZE, a_group_stride,
     stride_xs, stride_xc, stride_ys, stride_yc,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, SELECT: tl.constexpr, UNIFORM: tl.constexpr,
-    COLS_FIRST: tl.constexpr = False,
+    COLS_FIRST: tl.constexpr,
 ):
     if COLS_FIRST:
         # grid (column blocks, row blocks): the programs that run at the same time cover whole rows
