@@ -25,6 +25,11 @@
 #                PyTorch that Inductor fuses (--rational-impl torch): default, reduce-overhead
 #   STAGE=profile-compile bash scripts/gpu_session.sh  (~5 min) the same for torch.compile'd models
 #                (default mode): graphs, graph breaks, launches per step, host time by operator
+#   STAGE=mlp bash scripts/gpu_session.sh  (~9 min) the one-node GR-KAN MLP (kat.fused.MLPPlan): its
+#                GPU tests, host time per call, KAT vs ViT eager with it and without it
+#                (KAT_FUSED_MLP=0; MLP_AB=1 for the first only), host_ab's A/B in one process (kat
+#                against kat_modules) for tiny. Carry .data/tuning.json (an earlier call's tuning
+#                file) to skip the tuning.
 #   STAGE=profile bash scripts/gpu_session.sh  (~3 min) KAT-T vs ViT-T step: eager vs CUDA graph, host-
 #                device syncs and direct/JIT launches per step, and torch.profiler tables by host
 #                and GPU time (where KAT-T's extra ~15 ms/step goes)
@@ -137,6 +142,25 @@ verify)
       2>&1 | grep -v Warn | tee "$OUT/op_$dt.txt"
     pack
   done
+  ;;
+mlp)
+  KAT_AUTOTUNE=0 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_fused.py tests/test_norm_act1.py \
+    tests/ops/test_fast_path.py --tb=short 2>&1 | tail -15 | tee "$OUT/pytest.txt"
+  pack
+  # an earlier call's tuning file (same GPU, Triton and kernels) saves the tuning: .data/tuning.json
+  [ -f .data/tuning.json ] && cp .data/tuning.json "$OUT/tuning.json"
+  export KAT_TUNE_CACHE=$OUT/tuning.json
+  timeout 90 python3 scripts/host_overhead.py --json "$OUT/host.json" 2>&1 | grep -v Warn | tee "$OUT/host.txt"
+  pack
+  for fused in ${MLP_AB:-1 0}; do
+    KAT_FUSED_MLP=$fused timeout 260 python3 -m kat.cli.bench model --iters 15 --repeats 3 \
+      --json "$OUT/model_eager_mlp$fused.json" 2>&1 | grep -E "^(tiny|small|base)|Error" \
+      | tee "$OUT/model_eager_mlp$fused.txt"
+    pack
+  done
+  timeout 100 python3 scripts/host_ab.py --size tiny --rounds 3 --variants vit kat kat_modules \
+    --json "$OUT/host_ab_tiny.json" 2>&1 | grep -v Warn | tail -4 | tee "$OUT/host_ab_tiny.txt"
+  pack
   ;;
 hostab)
   for size in tiny small; do

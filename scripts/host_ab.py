@@ -6,12 +6,14 @@ each variant timed twice in interleaved rounds:
 - vit / kat: as built by timm;
 - *_gc_off: Python's garbage collector off while timing (collections triggered by KAT's extra
   Python objects would land inside whatever C call was running);
+- kat_modules: the GR-KAN MLPs run module by module (``kat.fused.FUSED_MLP`` off), not as one
+  autograd node each;
 - kat_gelu: every GroupRational replaced by torch's GELU (KAT's structure, ViT's activation);
 - kat_pyfn: every GroupRational replaced by a Python autograd.Function that calls GELU and its
   backward (the cost of a Python Function in the graph, without kat's launchers);
 - kat_torch: the rationals as plain PyTorch (impl="torch");
 - kat_jit: kat's kernels launched through Triton's own launch path, not the direct one;
-- kat_nolaunch: kat's launchers return without launching (outputs are uninitialised memory; the
+- kat_nolaunch: kat's launchers (the plans' and the reductions') return without launching (outputs are uninitialised memory; the
   step's host work is otherwise the same): what the Triton launches themselves cost the host;
 - *_frozen: gc.freeze() after a collection: the objects alive then (torch, timm, the model) leave
   the collector's generations, so a collection walks only what was created since.
@@ -103,8 +105,11 @@ def main():
     import timm
 
     import kat
+    import kat.fused
     from kat.ops.group_rational import _PLANS
     from kat.ops.group_rational import launch as launching
+    from kat.ops.group_rational.plan import Plan
+    from kat.ops.group_rational.reduction import _Reduction
 
     dev = args.device
     x = torch.randn(args.batch, 3, 224, 224, device=dev)
@@ -126,12 +131,22 @@ def main():
     kat_model = steps["kat"][0]
     real_forward = kat.GroupRational.forward
     real_launch = launching._Launch.__call__
+    # the plans bind the launcher as a default argument: swap those defaults too
+    real_defaults = (Plan.forward.__defaults__, Plan.backward.__defaults__, _Reduction.__call__.__defaults__)
+
+    def set_launch(fn):
+        launching._Launch.__call__ = fn
+        Plan.forward.__defaults__ = (fn,)
+        Plan.backward.__defaults__ = (fn, real_defaults[1][1])
+        _Reduction.__call__.__defaults__ = (real_defaults[2][0], fn)
 
     def setup(name):
         kat.GroupRational.forward = real_forward
+        # the one-node MLP bypasses GroupRational.forward: off for the variants that replace it
+        kat.fused.FUSED_MLP = name not in ("kat_modules", "kat_gelu", "kat_pyfn", "kat_torch")
         kat.set_rational_impl(kat_model, "auto")
         launching._DIRECT = True
-        launching._Launch.__call__ = real_launch
+        set_launch(real_launch)
         gc.enable()
         gc.unfreeze()
         if name.endswith("_frozen"):
@@ -147,10 +162,11 @@ def main():
         elif name == "kat_torch":
             kat.set_rational_impl(kat_model, "torch")
         elif name == "kat_nolaunch":
-            launching._Launch.__call__ = lambda self, *a: None
+            set_launch(lambda self, *a: None)
         elif name == "kat_jit":
             launching._DIRECT = False
             _PLANS.clear()  # new launchers, which never take the direct path while _DIRECT is off
+            kat.fused._MLP_PLANS.clear()
         if name.split("_")[0] not in steps:
             raise SystemExit(f"unknown variant {name!r}")
         return steps[name.split("_")[0]][1]
@@ -163,14 +179,16 @@ def main():
             if n == "kat_jit":
                 launching._DIRECT = True
                 _PLANS.clear()
-            launching._Launch.__call__ = real_launch
+                kat.fused._MLP_PLANS.clear()
+            set_launch(real_launch)
             gc.enable()
             gc.unfreeze()
             ms, host, counts, gc_ms = results[n][-1]
             print(f"round {r} {n:12s} {ms:7.2f} ms/step  host {host:7.2f} ms/step  gc per step "
                   f"{counts[0]:.2f}/{counts[1]:.2f}/{counts[2]:.2f} (gen 0/1/2) {gc_ms:.2f} ms", flush=True)
     kat.GroupRational.forward = real_forward
-    launching._Launch.__call__ = real_launch
+    kat.fused.FUSED_MLP = True
+    set_launch(real_launch)
     summary = {n: {"ms_per_step": statistics.median(r[0] for r in v),
                    "host_ms_per_step": statistics.median(r[1] for r in v),
                    "gc_ms_per_step": statistics.median(r[3] for r in v)} for n, v in results.items()}

@@ -104,6 +104,25 @@ def main():
             out.backward(gm)
         return f
 
+    import kat.fused
+    from kat.ops.group_rational import plan_for
+    from kat.ops.group_rational import reduction as R
+    plan = plan_for(x, a, b, "triton")
+    a6, b4 = a.detach(), b.detach()
+    gx_buf, partial = torch.empty_like(x), torch.empty(plan.partial_shape, device=dev)
+    bwd_args = (x, go, gx_buf, a6, b4, partial, *plan.x_args, plan.partial_shape[0], *plan.x_stride, plan.c, 1,
+                plan.c, 1)
+    fwd_args = (x, y, a6, b4, *plan.x_args, *plan.x_stride, plan.c, 1)
+
+    def modules(f):
+        def g():
+            kat.fused.FUSED_MLP = False
+            try:
+                f()
+            finally:
+                kat.fused.FUSED_MLP = True
+        return g
+
     rows = {
         "torch.empty": lambda: torch.empty((4, 197, c), device=dev, dtype=torch.bfloat16),
         "torch.empty_like": lambda: torch.empty_like(x),
@@ -119,8 +138,16 @@ def main():
         "kat op bwd (launcher only)": lambda: F._backward(go, x, a, b, -1),
         "kat op fwd, no grad": lambda: kat.group_rational(x, a, b, impl="triton"),
         "kat op fwd+bwd": lambda: torch.autograd.grad(kat.group_rational(xg, a, b, impl="triton"), (xg, a, b), go),
+        "plan.forward": lambda: plan.forward(x, a6, b4),
+        "plan.backward": lambda: plan.backward(go, x, a6, b4),
+        "plan's fwd launch alone": lambda: plan.fwd(*fwd_args),
+        "plan's bwd launch alone": lambda: plan.bwd(*bwd_args),
+        "plan's coefficient reduction alone": lambda: plan.red(partial, a6, b4),
+        "reduction counter lookup": lambda: R._counter(x.device),
+        "is_current_stream_capturing": torch.cuda.is_current_stream_capturing,
         "timm Mlp fwd+bwd (autocast)": fb(mlp),
-        "GRKAN fwd+bwd (autocast)": fb(grkan),
+        "GRKAN fwd+bwd (autocast), one node": fb(grkan),
+        "GRKAN fwd+bwd (autocast), module by module": modules(fb(grkan)),
     }
     out = {}
     for name, f in rows.items():
@@ -128,6 +155,7 @@ def main():
         print(f"{name:40s} {out[name]:8.1f} us")
     if args.cprofile:
         print(cprofile_text(rows["kat op fwd+bwd"], 300, 22))
+        print(cprofile_text(rows["GRKAN fwd+bwd (autocast), one node"], 300, 30))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=1)

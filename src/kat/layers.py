@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from . import fused as _fused
 from .ops.group_rational import IMPLS, MAX_ORDER, group_rational
 from .ops.group_rational.layernorm import LayerNormRationalFunction, layernorm_rational, layernorm_rational_supported
 from .rational_init import InitSpec, init_coefficients, resolve_init, variance_gain
@@ -182,6 +183,48 @@ class GRKAN(nn.Module):
                 nn.init.zeros_(fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fused.FUSED_MLP and type(x) is torch.Tensor and not torch.compiler.is_compiling() \
+                and type(self.norm) is nn.Identity and not (self.training and (self.drop1.p > 0 or self.drop2.p > 0)):
+            out = self._fused_forward(x)
+            if out is not None:
+                return out
+        return self._modules_forward(x)
+
+    def _fused_forward(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The eager fast path: the whole MLP as one autograd node (``kat.fused.MLPPlan``), where
+        both rationals run on the kernels' plans; None where it does not apply."""
+        mods = self._modules  # plain dict lookups: Module.__getattr__ is Python, and this runs every call
+        fc1, fc2, act1, act2 = mods["fc1"], mods["fc2"], mods["act1"], mods["act2"]
+        p = fc1._parameters
+        w1, c1 = p["weight"], p["bias"]
+        p = fc2._parameters
+        w2, c2 = p["weight"], p["bias"]
+        p = act2._parameters
+        a2, b2 = p["weight_numerator"], p["weight_denominator"]
+        p = act1._parameters
+        a1, b1 = p["weight_numerator"], p["weight_denominator"]
+        fold = self.act1_in_norm
+        dev = x.device
+        dt = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else None
+        key = (x.shape, x.dtype, dev, dt, w1.shape, w1.dtype, w2.shape, c1 is None, c2 is None, a1.shape, b1.shape,
+               a2.shape, b2.shape, fold, self.recompute_act1, act1.impl, act2.impl)
+        plan = _fused._MLP_PLANS.get(key)
+        if plan is None:
+            plan = _fused.build_mlp_plan(x, dt, None if fold else act1, act2, fc1, fc2, self.recompute_act1)
+            if len(_fused._MLP_PLANS) >= 4096:
+                _fused._MLP_PLANS.clear()
+            _fused._MLP_PLANS[key] = plan
+        if not plan or not x.is_contiguous():
+            return None
+        if fold:
+            a1 = b1 = None
+        if torch.is_grad_enabled() and (x.requires_grad or w1.requires_grad or a2.requires_grad or any(
+                t is not None and t.requires_grad for t in (a1, b1, c1, w2, c2, b2))):
+            return plan.function.apply(x, a1, b1, w1, c1, a2, b2, w2, c2)
+        return plan.forward(x, a1, b1, w1, c1, a2, b2, w2, c2)
+
+    def _modules_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP module by module (torch.compile, dropout, a norm, CPU, or plan-less calls)."""
         if self.act1_in_norm:  # x is already act1's output (NormAct1)
             x = self.drop2(self.act2(self.fc1(self.drop1(x))))
             return self.fc2(self.norm(x))

@@ -118,6 +118,22 @@ def _new_plan(x, numerator, denominator, impl, channel_dim):
     return Plan(x, numerator, denominator)
 
 
+def plan_for(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, impl: str = "auto"):
+    """The eager fast path's :class:`Plan` for channels-last calls like ``group_rational(x, numerator,
+    denominator, impl=impl)`` (the same one such calls use), or None where those calls take another
+    path (the PyTorch reference, or the kernels' general path). Raises as ``group_rational`` would
+    on invalid arguments."""
+    key = (impl, -1, x.shape, x.stride(), x.dtype, x.device, numerator.shape, numerator.dtype, numerator.device,
+           denominator.shape, denominator.dtype, denominator.device)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _new_plan(x, numerator, denominator, impl, -1)
+        if len(_PLANS) >= 4096:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan if isinstance(plan, Plan) else None
+
+
 def group_rational_channels_first(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
                                   *, impl: str = "auto") -> torch.Tensor:
     """``group_rational`` for ``(B, C, *spatial)`` tensors (channel axis 1), e.g. CNN feature maps."""

@@ -10,6 +10,8 @@ from .function import (_TUNER, _bwd_candidates, _bwd_consts, _bwd_grid, _fwd_can
                        _kernels, _launch_bwd, _launch_fwd, _padded, _partial_columns, _resident_key,
                        _should_learn, _with_reduction)
 from .launch import _Launch, _launch_guard
+
+_current_device = torch._C._cuda_getDevice if hasattr(torch._C, "_cuda_getDevice") else (lambda: -1)
 from .reduction import _Reduction
 
 
@@ -18,7 +20,7 @@ class Plan:
     device, with coefficients of one shape: the matrix view's strides, the tuned configs and their
     launchers. Per call, only the pointers change. Built on first use by ``group_rational``."""
 
-    __slots__ = ("x_stride", "c", "a_stride", "x_args", "fwd", "bwd", "partial_shape", "red", "function")
+    __slots__ = ("x_stride", "c", "a_stride", "x_args", "fwd", "bwd", "partial_shape", "red", "function", "index")
 
     def __init__(self, x, numerator, denominator):
         kernels = _kernels()
@@ -26,6 +28,7 @@ class Plan:
         x2 = x.view(-1, c)
         self.x_stride = x2.stride()  # the row stride of the view, whatever x's own strides say
         self.c = c
+        self.index = x.device.index if x.is_cuda else None  # the GPU the launches must run on
         self.a_stride = 0 if numerator.shape[0] == 1 else 6
         s, gs = x2.shape[0], c // groups
         # Integer arguments after the pointers, fixed for the plan.
@@ -52,25 +55,33 @@ class Plan:
                               numerator.shape[0] == 1)
         self.function = _plan_function(self)
 
+    def _other_device(self) -> bool:
+        """True when the current CUDA device is not the plan's (Triton launches on the current one);
+        one raw query instead of building a device guard on every call."""
+        return self.index is not None and _current_device() != self.index
+
     def forward(self, x, numerator, denominator, call=_Launch.__call__):
         """y; ``call(launch, *args)`` runs a launch (inline.py passes one that Inductor can trace)."""
+        if self._other_device():
+            with torch.cuda.device(self.index):
+                return self.forward(x, numerator, denominator, call)
         y = torch.empty_like(x, memory_format=torch.contiguous_format)
-        with _launch_guard(x):
-            call(self.fwd, x, y, _padded(numerator, 6), _padded(denominator, 4), *self.x_args, *self.x_stride,
-                 self.c, 1)
+        call(self.fwd, x, y, _padded(numerator, 6), _padded(denominator, 4), *self.x_args, *self.x_stride, self.c, 1)
         return y
 
     def backward(self, grad_out, x, numerator, denominator, call=_Launch.__call__, merged: bool = True):
         """(grad_x, grad_numerator, grad_denominator); ``call`` as in forward, ``merged`` as in
         :class:`_Reduction`."""
+        if self._other_device():
+            with torch.cuda.device(self.index):
+                return self.backward(grad_out, x, numerator, denominator, call, merged)
         if not grad_out.is_contiguous():
             grad_out = grad_out.contiguous()
         gx = torch.empty_like(x, memory_format=torch.contiguous_format)
         partial = torch.empty(self.partial_shape, dtype=torch.float32, device=x.device)
-        with _launch_guard(x):
-            call(self.bwd, x, grad_out, gx, _padded(numerator, 6), _padded(denominator, 4), partial,
-                 *self.x_args, self.partial_shape[0], *self.x_stride, self.c, 1, self.c, 1)
-            return (gx, *self.red(partial, numerator, denominator, merged, call))
+        call(self.bwd, x, grad_out, gx, _padded(numerator, 6), _padded(denominator, 4), partial,
+             *self.x_args, self.partial_shape[0], *self.x_stride, self.c, 1, self.c, 1)
+        return (gx, *self.red(partial, numerator, denominator, merged, call))
 
 
 def _rows_collapse(shape, stride) -> bool:
