@@ -13,8 +13,9 @@ each variant timed twice in interleaved rounds:
   backward (the cost of a Python Function in the graph, without kat's launchers);
 - kat_torch: the rationals as plain PyTorch (impl="torch");
 - kat_jit: kat's kernels launched through Triton's own launch path, not the direct one;
-- kat_nolaunch: kat's launchers (the plans' and the reductions') return without launching (outputs are uninitialised memory; the
-  step's host work is otherwise the same): what the Triton launches themselves cost the host;
+- kat_nolaunch: kat's launchers (the plans' and the reductions') return without launching
+  (outputs are uninitialised memory; the step's host work is otherwise the same): what the
+  Triton launches themselves cost the host;
 - *_frozen: gc.freeze() after a collection: the objects alive then (torch, timm, the model) leave
   the collector's generations, so a collection walks only what was created since.
 

@@ -1,5 +1,8 @@
-"""Memory-saving composite: GR-KAN's first rational followed by fc1, with the rational's output
-recomputed in backward instead of stored.
+"""Composites of GR-KAN's pieces: ``rational_linear`` (below) and, further down, the whole GR-KAN
+MLP as one autograd node (``MLPPlan``, GRKAN's eager fast path).
+
+``rational_linear``: GR-KAN's first rational followed by fc1, with the rational's output recomputed
+in backward instead of stored.
 
 Unfused, autograd keeps two (..., C) tensors per block for this pair: the rational's input x (its
 backward needs it) and its output y = F(x) (fc1's weight gradient needs it). ViT keeps one (fc1's
@@ -125,8 +128,8 @@ def build_mlp_plan(x: torch.Tensor, dtype: Optional[torch.dtype], act1, act2, fc
 
 
 class MLPPlan:
-    """A GR-KAN MLP's calls at one input shape and dtype, compute dtype, parameter dtype and
-    device: the rationals' kernel plans (``act1`` None where act1 is applied elsewhere, see
+    """A GR-KAN MLP's calls at one input shape and dtype, compute dtype and device: the rationals'
+    kernel plans (``act1`` None where act1 is applied elsewhere, see
     ``kat.layers.NormAct1``) and an autograd.Function bound to them:
     ``function.apply(x, a1, b1, w1, c1, a2, b2, w2, c2)`` (a/b: a rational's numerator and
     denominator, w/c: a linear's weight and bias, either bias may be None)."""

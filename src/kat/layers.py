@@ -183,8 +183,10 @@ class GRKAN(nn.Module):
                 nn.init.zeros_(fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mods = self._modules
         if _fused.FUSED_MLP and type(x) is torch.Tensor and not torch.compiler.is_compiling() \
-                and type(self.norm) is nn.Identity and not (self.training and (self.drop1.p > 0 or self.drop2.p > 0)):
+                and type(mods["norm"]) is nn.Identity \
+                and not (self.training and (mods["drop1"].p > 0 or mods["drop2"].p > 0)):
             out = self._fused_forward(x)
             if out is not None:
                 return out
@@ -206,8 +208,8 @@ class GRKAN(nn.Module):
         fold = self.act1_in_norm
         dev = x.device
         dt = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else None
-        key = (x.shape, x.dtype, dev, dt, w1.shape, w1.dtype, w2.shape, c1 is None, c2 is None, a1.shape, b1.shape,
-               a2.shape, b2.shape, fold, self.recompute_act1, act1.impl, act2.impl)
+        key = (x.shape, x.dtype, dev, dt, w1.shape, w1.dtype, w2.shape, a1.shape, b1.shape, a2.shape, b2.shape,
+               fold, self.recompute_act1, act1.impl, act2.impl)
         plan = _fused._MLP_PLANS.get(key)
         if plan is None:
             plan = _fused.build_mlp_plan(x, dt, None if fold else act1, act2, fc1, fc2, self.recompute_act1)

@@ -72,17 +72,12 @@ def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.
     """
     if type(x) is torch.Tensor and not torch.compiler.is_compiling():
         try:
-            key = (impl, channel_dim, x.shape, x.stride(), x.dtype, x.device,
-                   numerator.shape, numerator.dtype, numerator.device,
-                   denominator.shape, denominator.dtype, denominator.device)
+            key = _plan_key(x, numerator, denominator, impl, channel_dim)
             plan = _PLANS.get(key)
         except (AttributeError, TypeError):  # not tensors, or an unhashable impl: the checks below say
             plan = False
         if plan is None:
-            plan = _new_plan(x, numerator, denominator, impl, channel_dim)
-            if len(_PLANS) >= 4096:  # many distinct shapes: start over rather than grow without bound
-                _PLANS.clear()
-            _PLANS[key] = plan
+            plan = _new_cached_plan(key, x, numerator, denominator, impl, channel_dim)
         if plan is _TORCH:
             return evaluate(x, numerator, denominator, channel_dim % x.dim())
         if plan:
@@ -118,19 +113,30 @@ def _new_plan(x, numerator, denominator, impl, channel_dim):
     return Plan(x, numerator, denominator)
 
 
+def _plan_key(x, numerator, denominator, impl, channel_dim) -> tuple:
+    """Everything a call's plan depends on (see _new_plan)."""
+    return (impl, channel_dim, x.shape, x.stride(), x.dtype, x.device, numerator.shape, numerator.dtype,
+            numerator.device, denominator.shape, denominator.dtype, denominator.device)
+
+
+def _new_cached_plan(key, x, numerator, denominator, impl, channel_dim):
+    """_new_plan for a key not yet in _PLANS, kept there for the calls after."""
+    plan = _new_plan(x, numerator, denominator, impl, channel_dim)
+    if len(_PLANS) >= 4096:  # many distinct shapes: start over rather than grow without bound
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
+
+
 def plan_for(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, impl: str = "auto"):
     """The eager fast path's :class:`Plan` for channels-last calls like ``group_rational(x, numerator,
     denominator, impl=impl)`` (the same one such calls use), or None where those calls take another
     path (the PyTorch reference, or the kernels' general path). Raises as ``group_rational`` would
     on invalid arguments."""
-    key = (impl, -1, x.shape, x.stride(), x.dtype, x.device, numerator.shape, numerator.dtype, numerator.device,
-           denominator.shape, denominator.dtype, denominator.device)
+    key = _plan_key(x, numerator, denominator, impl, -1)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _new_plan(x, numerator, denominator, impl, -1)
-        if len(_PLANS) >= 4096:
-            _PLANS.clear()
-        _PLANS[key] = plan
+        plan = _new_cached_plan(key, x, numerator, denominator, impl, -1)
     return plan if isinstance(plan, Plan) else None
 
 

@@ -10,9 +10,9 @@ from .function import (_TUNER, _bwd_candidates, _bwd_consts, _bwd_grid, _fwd_can
                        _kernels, _launch_bwd, _launch_fwd, _padded, _partial_columns, _resident_key,
                        _should_learn, _with_reduction)
 from .launch import _Launch, _launch_guard
+from .reduction import _Reduction
 
 _current_device = torch._C._cuda_getDevice if hasattr(torch._C, "_cuda_getDevice") else (lambda: -1)
-from .reduction import _Reduction
 
 
 class Plan:
