@@ -727,3 +727,82 @@ def test_tuner_times_backward_and_reduction_in_graphs_without_counters(fresh_pla
     ms = [tuning._time_config(timed, cfg) for cfg in fn._bwd_candidates(24)[:3]]
     assert all(0 < t < 10 for t in ms)
     assert {d: e[1] for d, e in reduction._POOLS.items()} == before
+
+
+def _plan_grads(plan, x, a, b, go, merged=True):
+    gx, ga, gb = plan.backward(go, x, a, b, merged=merged)
+    return gx.clone(), ga.clone(), gb.clone()
+
+
+def test_backward_workspace_is_kept_per_stream_and_exact(device, fresh_plans, monkeypatch):
+    """Eager backward calls of one plan reuse one set of partial-sum buffers, and every call's
+    gradients equal those of a call with fresh buffers (bitwise: same kernels, same order), also
+    when calls with other inputs came in between; the returned tensors never alias the buffers."""
+    a, b = _coeffs(groups=8, shared=True, device=device)
+    xs = [torch.randn(3, 40, 64, device=device) for _ in range(3)]
+    gos = [torch.randn_like(x) for x in xs]
+    plan = gr.plan_for(xs[0], a, b, "triton")
+    assert plan is not None
+    kept = [_plan_grads(plan, x, a, b, go) for x, go in zip(xs, gos)]
+    bufs = plan.workspace.get()
+    assert len(plan.workspace.kept) == 1 and bufs is plan.workspace.get()
+    assert bufs[0].shape == plan.partial_shape and bufs[1].shape == plan.red.scratch_shape
+    monkeypatch.setattr(reduction, "_REUSE", False)
+    assert plan.workspace.get() is None
+    fresh = [_plan_grads(plan, x, a, b, go) for x, go in zip(xs, gos)]
+    for k, f, x, go in zip(kept, fresh, xs, gos):
+        assert all(torch.equal(u, v) for u, v in zip(k, f))
+        want = formula64(x, a, b, go, -1)
+        assert rel_err(k[0], want[1]) <= 1e-5 and rel_err(k[1], want[2]) <= 1e-4 and rel_err(k[2], want[3]) <= 1e-4
+    monkeypatch.setattr(reduction, "_REUSE", True)
+    gx, ga, gb = plan.backward(gos[0], xs[0], a, b)
+    ptrs = {t.data_ptr() for t in bufs}
+    assert not ptrs & {gx.data_ptr(), ga.data_ptr(), gb.data_ptr()}
+    # the tuner's and traced graphs' calls (merged=False) never touch the kept buffers
+    before = [t.clone() for t in bufs]
+    _plan_grads(plan, xs[1], a, b, gos[1], merged=False)
+    assert all(torch.equal(u, v) for u, v in zip(before, bufs))
+
+
+def test_backward_workspace_is_distinct_per_thread(device, fresh_plans):
+    """Another host thread gets buffers of its own (two threads launching on one stream must not
+    share them) and the same gradients."""
+    import threading
+    a, b = _coeffs(device=device)
+    x = torch.randn(2, 30, 32, device=device)
+    go = torch.randn_like(x)
+    plan = gr.plan_for(x, a, b, "triton")
+    here = _plan_grads(plan, x, a, b, go)
+    box = []
+    t = threading.Thread(target=lambda: box.append((_plan_grads(plan, x, a, b, go), plan.workspace.get())))
+    t.start()
+    t.join()
+    there, their_bufs = box[0]
+    assert all(torch.equal(u, v) for u, v in zip(here, there))
+    assert len(plan.workspace.kept) == 2
+    assert {u.data_ptr() for u in plan.workspace.get()}.isdisjoint(u.data_ptr() for u in their_bufs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA streams and graphs need a GPU")
+def test_backward_workspace_per_stream_and_not_in_graph_captures(fresh_plans):
+    """Another stream gets its own buffers; a backward captured into a CUDA graph allocates its own
+    (the graph owns them) and replays correctly while eager calls keep using the kept ones."""
+    a, b = _coeffs(device="cuda")
+    x = torch.randn(4, 50, 64, device="cuda")
+    go = torch.randn_like(x)
+    plan = gr.plan_for(x, a, b, "triton")
+    eager = _plan_grads(plan, x, a, b, go)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        other = _plan_grads(plan, x, a, b, go)
+    torch.cuda.current_stream().wait_stream(stream)
+    assert len(plan.workspace.kept) == 2
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        gx, ga, gb = plan.backward(go, x, a, b)
+    assert len(plan.workspace.kept) == 2
+    graph.replay()
+    torch.cuda.synchronize()
+    for t in (other, (gx, ga, gb)):
+        assert all(torch.equal(u, v) for u, v in zip(eager, t))

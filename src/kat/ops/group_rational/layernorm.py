@@ -10,7 +10,7 @@ import torch
 from .function import _padded, triton_supports
 from .plan import _plannable
 from .launch import _Launch, _cdiv, _device_sms, _launch_guard
-from .reduction import _pow2, _Reduction
+from .reduction import _pow2, _Reduction, _Workspace
 
 __all__ = ["LN_MAX_CHANNELS", "layernorm_rational", "layernorm_rational_backward", "layernorm_rational_supported",
            "LayerNormRationalFunction"]
@@ -100,17 +100,23 @@ def layernorm_rational_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: t
         red = _Reduction(x.device, programs, groups, c // groups, numerator.shape[1], denominator.shape[1],
                          numerator.shape[0] == 1)
         ints = (s, c, c // groups, 0 if numerator.shape[0] == 1 else 6, x2.stride(0), c, c, float(eps), programs)
-        plan = (launch, ints, red)
+        ws = _Workspace(x.device, ((programs, c, 10), (programs, 2, c), red.scratch_shape))
+        plan = (launch, ints, red, ws)
         if len(_LN_BWD_PLANS) >= 1024:
             _LN_BWD_PLANS.clear()
         _LN_BWD_PLANS[key] = plan
-    launch, ints, red = plan
+    launch, ints, red, ws = plan
     gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    partial = torch.empty((red.rows, c, 10), dtype=torch.float32, device=x.device)
-    lnp = torch.empty((red.rows, 2, c), dtype=torch.float32, device=x.device)
     with _launch_guard(x):
+        bufs = ws.get()  # partial sums kept per stream (see _Workspace), or fresh ones
+        if bufs is None:
+            partial = torch.empty((red.rows, c, 10), dtype=torch.float32, device=x.device)
+            lnp = torch.empty((red.rows, 2, c), dtype=torch.float32, device=x.device)
+            scratch = None
+        else:
+            partial, lnp, scratch = bufs
         launch(x, grad_y, gx, weight, bias, _padded(numerator, 6), _padded(denominator, 4), partial, lnp, *ints)
-        gnum, gden = red(partial, numerator, denominator)
+        gnum, gden = red(partial, numerator, denominator, scratch=scratch)
     gwb = lnp.sum(0)
     gw, gb = gwb[0], gwb[1]
     if gw.dtype != weight.dtype:

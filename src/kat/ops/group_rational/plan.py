@@ -10,7 +10,7 @@ from .function import (_TUNER, _bwd_candidates, _bwd_consts, _bwd_grid, _fwd_can
                        _kernels, _launch_bwd, _launch_fwd, _padded, _partial_columns, _resident_key,
                        _should_learn, _with_reduction)
 from .launch import _Launch, _launch_guard
-from .reduction import _Reduction
+from .reduction import _Reduction, _Workspace
 
 _current_device = torch._C._cuda_getDevice if hasattr(torch._C, "_cuda_getDevice") else (lambda: -1)
 
@@ -20,7 +20,8 @@ class Plan:
     device, with coefficients of one shape: the matrix view's strides, the tuned configs and their
     launchers. Per call, only the pointers change. Built on first use by ``group_rational``."""
 
-    __slots__ = ("x_stride", "c", "a_stride", "x_args", "fwd", "bwd", "partial_shape", "red", "function", "index")
+    __slots__ = ("x_stride", "c", "a_stride", "x_args", "fwd", "bwd", "partial_shape", "red", "function", "index",
+                 "workspace")
 
     def __init__(self, x, numerator, denominator):
         kernels = _kernels()
@@ -53,6 +54,7 @@ class Plan:
         self.partial_shape = (grid[0], groups, gs_cols, kernels.NUM_ACC)
         self.red = _Reduction(x.device, grid[0], groups, gs_cols, numerator.shape[1], denominator.shape[1],
                               numerator.shape[0] == 1)
+        self.workspace = _Workspace(x.device, (self.partial_shape, self.red.scratch_shape))
         self.function = _plan_function(self)
 
     def _other_device(self) -> bool:
@@ -78,10 +80,16 @@ class Plan:
         if not grad_out.is_contiguous():
             grad_out = grad_out.contiguous()
         gx = torch.empty_like(x, memory_format=torch.contiguous_format)
-        partial = torch.empty(self.partial_shape, dtype=torch.float32, device=x.device)
+        # partial sums and the reduction's scratch: kept per stream for eager calls (merged), fresh
+        # for the tuner's and traced graphs' (which own their memory)
+        bufs = self.workspace.get() if merged else None
+        if bufs is None:
+            partial, scratch = torch.empty(self.partial_shape, dtype=torch.float32, device=x.device), None
+        else:
+            partial, scratch = bufs
         call(self.bwd, x, grad_out, gx, _padded(numerator, 6), _padded(denominator, 4), partial,
              *self.x_args, self.partial_shape[0], *self.x_stride, self.c, 1, self.c, 1)
-        return (gx, *self.red(partial, numerator, denominator, merged, call))
+        return (gx, *self.red(partial, numerator, denominator, merged, call, scratch))
 
 
 def _rows_collapse(shape, stride) -> bool:

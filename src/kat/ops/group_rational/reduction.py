@@ -8,7 +8,11 @@ zeroed pool per device; every call leaves its counter at zero again. A stream ke
 from a pool and are never destroyed, so a handle never stands for another stream); a call
 captured into a CUDA graph gets a counter of its own, which the graph keeps, because a graph may
 be replayed on any stream. Where no counter is available (pool used up, or a capture before the pool exists),
-and with ``KAT_MERGED_REDUCTION=0``, the reduction runs as two launches."""
+and with ``KAT_MERGED_REDUCTION=0``, the reduction runs as two launches.
+
+Also here: :class:`_Workspace`, the float32 buffers a backward writes and reads back within one
+call (the per-program partial sums, the reduction's scratch), kept per stream and thread instead
+of allocated on every call (``KAT_REUSE_WORKSPACE=0``: allocated every call)."""
 from __future__ import annotations
 
 import os
@@ -19,6 +23,7 @@ import torch
 from .launch import _Launch, _cdiv, _device_sms, _outside_graph_pools
 
 _MERGED = os.environ.get("KAT_MERGED_REDUCTION", "1") != "0"
+_REUSE = os.environ.get("KAT_REUSE_WORKSPACE", "1") != "0"
 
 # Counters are int32 slots 16 bytes apart (the direct launch path wants 16-byte aligned pointers).
 _SLOT = 4
@@ -65,6 +70,39 @@ def _counter(device: torch.device):
     return counter
 
 
+class _Workspace:
+    """Float32 buffers of fixed shapes that one backward call writes and reads back before it
+    returns (nothing it returns is a view of them), kept per (stream, thread) so that later calls
+    skip their allocations (a few microseconds of host time each, which eager steps pay per
+    rational). Kernels on one stream run in launch order, so a later call's writes never overtake
+    an earlier call's reads; the thread is in the key too, so two host threads launching on one
+    stream never interleave their uses. Not kept (None: the caller allocates) while a CUDA graph is
+    being captured (the graph must own its memory) and with ``KAT_REUSE_WORKSPACE=0``. Allocated
+    outside any CUDA graph pool (see ``_outside_graph_pools``), released with the plan."""
+
+    __slots__ = ("device", "shapes", "kept")
+
+    def __init__(self, device: torch.device, shapes):
+        self.device, self.shapes, self.kept = device, tuple(tuple(s) for s in shapes), {}
+
+    def get(self):
+        """The buffers (a tuple, ``shapes`` order) for a call on the current stream, or None."""
+        if not _REUSE:
+            return None
+        dev = self.device
+        if dev.type == "cuda":
+            if torch._C._cuda_isCurrentStreamCapturing():
+                return None
+            key = (torch._C._cuda_getCurrentRawStream(dev.index), threading.get_ident())
+        else:
+            key = (0, threading.get_ident())
+        bufs = self.kept.get(key)
+        if bufs is None:
+            bufs = self.kept[key] = _outside_graph_pools(
+                lambda: tuple(torch.empty(s, dtype=torch.float32, device=dev) for s in self.shapes), dev)
+        return bufs
+
+
 class _Reduction:
     """The launches that turn the backward's partial sums, read as (rows, G, GS, NUM_ACC), into
     coefficient gradients: per (group, block of rows) sums into a (RS, G, 16) scratch, then the
@@ -73,7 +111,7 @@ class _Reduction:
     summation order, hence the result, is the same on every call and either way."""
 
     __slots__ = ("rows", "groups", "gs", "num_m", "num_n", "shared", "rs", "per", "partials", "merged",
-                 "final")
+                 "final", "scratch_shape")
 
     def __init__(self, device: torch.device, rows: int, groups: int, gs: int, num_m: int, num_n: int,
                  shared: bool, sms: int | None = None):
@@ -87,6 +125,7 @@ class _Reduction:
         rs = max(1, min(64, _cdiv(rows, block_r), _cdiv(2 * sms, groups)))
         self.per = _cdiv(rows, rs)
         self.rs = _cdiv(rows, self.per)
+        self.scratch_shape = (self.rs, groups, 16)
         block_rs = _pow2(self.rs)
         final = {"SHARED": shared, "BLOCK_RS": block_rs,
                  "BLOCK_G": max(1, min(_pow2(groups), 4096 // (block_rs * 16)))}
@@ -98,12 +137,14 @@ class _Reduction:
         self.final = _Launch(kernels.coefficient_grads_kernel, (1,), final, 4, 3)
 
     def __call__(self, partial: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
-                 merged: bool = True, call=_Launch.__call__):
+                 merged: bool = True, call=_Launch.__call__, scratch: torch.Tensor | None = None):
         """(grad_numerator, grad_denominator) in the coefficients' dtypes, from ``partial``.
         ``merged=False``: two launches (for the tuner's graphs, which would use up counters, and for
-        traced graphs, which should not own one); ``call(launch, *args)`` runs a launch."""
+        traced graphs, which should not own one); ``call(launch, *args)`` runs a launch; ``scratch``: a
+        (rs, groups, 16) float32 buffer to use (see :class:`_Workspace`), else one is allocated."""
         dev = partial.device
-        scratch = torch.empty((self.rs, self.groups, 16), dtype=torch.float32, device=dev)
+        if scratch is None:
+            scratch = torch.empty(self.scratch_shape, dtype=torch.float32, device=dev)
         gnum = torch.empty((1 if self.shared else self.groups, self.num_m), dtype=torch.float32, device=dev)
         gden = torch.empty((self.groups, self.num_n), dtype=torch.float32, device=dev)
         counter = _counter(dev) if _MERGED and merged else None
