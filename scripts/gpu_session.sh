@@ -33,6 +33,12 @@
 #   STAGE=profile bash scripts/gpu_session.sh  (~3 min) KAT-T vs ViT-T step: eager vs CUDA graph, host-
 #                device syncs and direct/JIT launches per step, and torch.profiler tables by host
 #                and GPU time (where KAT-T's extra ~15 ms/step goes)
+#   STAGE=reuse bash scripts/gpu_session.sh  (~8 min) backward workspaces kept per stream
+#                (KAT_REUSE_WORKSPACE): their GPU tests, host time per call, host_ab's
+#                A/B in one process for tiny and small (kat against kat_noreuse and
+#                kat_modules). Carry .data/tuning.json to skip the tuning.
+#   STAGE=final bash scripts/gpu_session.sh  (~9 min) KAT vs ViT eager (plain, then --fuse-norm-act1)
+#                and the KAT-T step profile (scripts/profile_step.py). Carry .data/tuning.json.
 set -uo pipefail
 # Results are written to a work folder and packed into $OUT/results.tgz after every step: the
 # device tool returns only a few files from $OUT, and a call cut by its time limit keeps what
@@ -160,6 +166,36 @@ mlp)
   done
   timeout 100 python3 scripts/host_ab.py --size tiny --rounds 3 --variants vit kat kat_modules \
     --json "$OUT/host_ab_tiny.json" 2>&1 | grep -v Warn | tail -4 | tee "$OUT/host_ab_tiny.txt"
+  pack
+  ;;
+reuse)
+  python3 -c "import torch, triton, timm; f = torch.autograd.Function.__dict__.get('apply'); \
+print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__, \
+'Function.apply is', type(f).__name__)" 2>&1 | tee "$OUT/versions.txt"
+  KAT_AUTOTUNE=0 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_fused.py tests/test_norm_act1.py \
+    tests/ops/test_fast_path.py --tb=short 2>&1 | tail -15 | tee "$OUT/pytest.txt"
+  pack
+  [ -f .data/tuning.json ] && cp .data/tuning.json "$OUT/tuning.json"
+  export KAT_TUNE_CACHE=$OUT/tuning.json
+  timeout 120 python3 scripts/host_overhead.py --json "$OUT/host.json" 2>&1 | grep -v Warn | tee "$OUT/host.txt"
+  pack
+  for size in tiny small; do
+    timeout 150 python3 scripts/host_ab.py --size $size --rounds 3 \
+      --variants vit kat kat_noreuse kat_modules --json "$OUT/host_ab_$size.json" 2>&1 \
+      | grep -v Warn | tail -6 | tee "$OUT/host_ab_$size.txt"
+    pack
+  done
+  ;;
+final)
+  [ -f .data/tuning.json ] && cp .data/tuning.json "$OUT/tuning.json"
+  export KAT_TUNE_CACHE=$OUT/tuning.json
+  for extra in "" "--fuse-norm-act1"; do
+    name=model_eager${extra:+_fused}
+    timeout 200 python3 -m kat.cli.bench model $extra --iters 15 --repeats 3 --json "$OUT/$name.json" 2>&1 \
+      | grep -E "^(tiny|small|base)|Error" | tee "$OUT/$name.txt"
+    pack
+  done
+  timeout 150 python3 scripts/profile_step.py --size tiny --out "$OUT" 2>&1 | tee "$OUT/profile_step.txt"
   pack
   ;;
 hostab)

@@ -13,6 +13,8 @@ each variant timed twice in interleaved rounds:
   backward (the cost of a Python Function in the graph, without kat's launchers);
 - kat_torch: the rationals as plain PyTorch (impl="torch");
 - kat_jit: kat's kernels launched through Triton's own launch path, not the direct one;
+- kat_noreuse: the backward's partial-sum buffers allocated on every call (``KAT_REUSE_WORKSPACE=0``),
+  not kept per stream;
 - kat_nolaunch: kat's launchers (the plans' and the reductions') return without launching
   (outputs are uninitialised memory; the step's host work is otherwise the same): what the
   Triton launches themselves cost the host;
@@ -110,6 +112,7 @@ def main():
     from kat.ops.group_rational import _PLANS
     from kat.ops.group_rational import launch as launching
     from kat.ops.group_rational.plan import Plan
+    from kat.ops.group_rational import reduction
     from kat.ops.group_rational.reduction import _Reduction
 
     dev = args.device
@@ -139,12 +142,13 @@ def main():
         launching._Launch.__call__ = fn
         Plan.forward.__defaults__ = (fn,)
         Plan.backward.__defaults__ = (fn, real_defaults[1][1])
-        _Reduction.__call__.__defaults__ = (real_defaults[2][0], fn)
+        _Reduction.__call__.__defaults__ = (real_defaults[2][0], fn, *real_defaults[2][2:])
 
     def setup(name):
         kat.GroupRational.forward = real_forward
         # the one-node MLP bypasses GroupRational.forward: off for the variants that replace it
         kat.fused.FUSED_MLP = name not in ("kat_modules", "kat_gelu", "kat_pyfn", "kat_torch")
+        reduction._REUSE = name != "kat_noreuse"
         kat.set_rational_impl(kat_model, "auto")
         launching._DIRECT = True
         set_launch(real_launch)

@@ -123,6 +123,18 @@ def main():
                 kat.fused.FUSED_MLP = True
         return g
 
+    def flag(obj, name, value, f):
+        """f with obj.name set to value (then restored)."""
+        def g():
+            old = getattr(obj, name)
+            setattr(obj, name, value)
+            try:
+                f()
+            finally:
+                setattr(obj, name, old)
+        return g
+
+
     rows = {
         "torch.empty": lambda: torch.empty((4, 197, c), device=dev, dtype=torch.bfloat16),
         "torch.empty_like": lambda: torch.empty_like(x),
@@ -140,6 +152,7 @@ def main():
         "kat op fwd+bwd": lambda: torch.autograd.grad(kat.group_rational(xg, a, b, impl="triton"), (xg, a, b), go),
         "plan.forward": lambda: plan.forward(x, a6, b4),
         "plan.backward": lambda: plan.backward(go, x, a6, b4),
+        "plan.backward, fresh buffers": flag(R, "_REUSE", False, lambda: plan.backward(go, x, a6, b4)),
         "plan's fwd launch alone": lambda: plan.fwd(*fwd_args),
         "plan's bwd launch alone": lambda: plan.bwd(*bwd_args),
         "plan's coefficient reduction alone": lambda: plan.red(partial, a6, b4),
