@@ -47,6 +47,26 @@ FINAL=${OUT:-gpu_out}; mkdir -p "$FINAL"
 OUT=$(mktemp -d /tmp/gpu_session.XXXX)
 pack() { tar czf "$FINAL/results.tgz" -C "$OUT" . ; }
 trap pack EXIT
+# KAT vs ViT eager, plain and with norm2 + act1 fused; $1: each run's time limit in seconds
+eager_models() {
+  for extra in "" "--fuse-norm-act1"; do
+    name=model_eager${extra:+_fused}
+    timeout "$1" python3 -m kat.cli.bench model $extra --iters 15 --repeats 3 --json "$OUT/$name.json" \
+      2>&1 | grep -E "^(tiny|small|base)|Error" | tee "$OUT/$name.txt"
+    pack
+  done
+}
+# the one-node MLP's GPU tests, then host time per call; an earlier call's tuning file (same GPU,
+# Triton and kernels) carried as .data/tuning.json saves the tuning of the steps after
+node_tests_and_host() {
+  KAT_AUTOTUNE=0 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_fused.py tests/test_norm_act1.py \
+    tests/ops/test_fast_path.py --tb=short 2>&1 | tail -15 | tee "$OUT/pytest.txt"
+  pack
+  [ -f .data/tuning.json ] && cp .data/tuning.json "$OUT/tuning.json"
+  export KAT_TUNE_CACHE=$OUT/tuning.json
+  timeout "$1" python3 scripts/host_overhead.py --json "$OUT/host.json" 2>&1 | grep -v Warn | tee "$OUT/host.txt"
+  pack
+}
 export PYTHONPATH=$PWD/src:$PWD PYTHONUNBUFFERED=1
 STAGE=${STAGE:-check}
 case "$STAGE" in
@@ -72,12 +92,7 @@ check)
   pack
   ;;
 models)
-  for extra in "" "--fuse-norm-act1"; do
-    name=model_eager${extra:+_fused}
-    timeout 230 python3 -m kat.cli.bench model $extra --iters 15 --repeats 3 --json "$OUT/$name.json" \
-      2>&1 | grep -E "^(tiny|small|base)|Error" | tee "$OUT/$name.txt"
-    pack
-  done
+  eager_models 230
   ;;
 compile|compile-torch)
   # Both sides compiled. compile: reduce-overhead (CUDA graphs: no host time per kernel, so the
@@ -150,14 +165,7 @@ verify)
   done
   ;;
 mlp)
-  KAT_AUTOTUNE=0 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_fused.py tests/test_norm_act1.py \
-    tests/ops/test_fast_path.py --tb=short 2>&1 | tail -15 | tee "$OUT/pytest.txt"
-  pack
-  # an earlier call's tuning file (same GPU, Triton and kernels) saves the tuning: .data/tuning.json
-  [ -f .data/tuning.json ] && cp .data/tuning.json "$OUT/tuning.json"
-  export KAT_TUNE_CACHE=$OUT/tuning.json
-  timeout 90 python3 scripts/host_overhead.py --json "$OUT/host.json" 2>&1 | grep -v Warn | tee "$OUT/host.txt"
-  pack
+  node_tests_and_host 90
   for fused in ${MLP_AB:-1 0}; do
     KAT_FUSED_MLP=$fused timeout 260 python3 -m kat.cli.bench model --iters 15 --repeats 3 \
       --json "$OUT/model_eager_mlp$fused.json" 2>&1 | grep -E "^(tiny|small|base)|Error" \
@@ -172,13 +180,7 @@ reuse)
   python3 -c "import torch, triton, timm; f = torch.autograd.Function.__dict__.get('apply'); \
 print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__, \
 'Function.apply is', type(f).__name__)" 2>&1 | tee "$OUT/versions.txt"
-  KAT_AUTOTUNE=0 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_fused.py tests/test_norm_act1.py \
-    tests/ops/test_fast_path.py --tb=short 2>&1 | tail -15 | tee "$OUT/pytest.txt"
-  pack
-  [ -f .data/tuning.json ] && cp .data/tuning.json "$OUT/tuning.json"
-  export KAT_TUNE_CACHE=$OUT/tuning.json
-  timeout 120 python3 scripts/host_overhead.py --json "$OUT/host.json" 2>&1 | grep -v Warn | tee "$OUT/host.txt"
-  pack
+  node_tests_and_host 120
   for size in tiny small; do
     timeout 150 python3 scripts/host_ab.py --size $size --rounds 3 \
       --variants vit kat kat_noreuse kat_modules --json "$OUT/host_ab_$size.json" 2>&1 \
@@ -189,12 +191,7 @@ print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__v
 final)
   [ -f .data/tuning.json ] && cp .data/tuning.json "$OUT/tuning.json"
   export KAT_TUNE_CACHE=$OUT/tuning.json
-  for extra in "" "--fuse-norm-act1"; do
-    name=model_eager${extra:+_fused}
-    timeout 200 python3 -m kat.cli.bench model $extra --iters 15 --repeats 3 --json "$OUT/$name.json" 2>&1 \
-      | grep -E "^(tiny|small|base)|Error" | tee "$OUT/$name.txt"
-    pack
-  done
+  eager_models 230
   timeout 150 python3 scripts/profile_step.py --size tiny --out "$OUT" 2>&1 | tee "$OUT/profile_step.txt"
   pack
   ;;
