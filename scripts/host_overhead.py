@@ -114,15 +114,6 @@ def main():
                 plan.c, 1)
     fwd_args = (x, y, a6, b4, *plan.x_args, *plan.x_stride, plan.c, 1)
 
-    def modules(f):
-        def g():
-            kat.fused.FUSED_MLP = False
-            try:
-                f()
-            finally:
-                kat.fused.FUSED_MLP = True
-        return g
-
     def flag(obj, name, value, f):
         """f with obj.name set to value (then restored)."""
         def g():
@@ -133,7 +124,6 @@ def main():
             finally:
                 setattr(obj, name, old)
         return g
-
 
     rows = {
         "torch.empty": lambda: torch.empty((4, 197, c), device=dev, dtype=torch.bfloat16),
@@ -160,7 +150,7 @@ def main():
         "is_current_stream_capturing": torch.cuda.is_current_stream_capturing,
         "timm Mlp fwd+bwd (autocast)": fb(mlp),
         "GRKAN fwd+bwd (autocast), one node": fb(grkan),
-        "GRKAN fwd+bwd (autocast), module by module": modules(fb(grkan)),
+        "GRKAN fwd+bwd (autocast), module by module": flag(kat.fused, "FUSED_MLP", False, fb(grkan)),
     }
     out = {}
     for name, f in rows.items():

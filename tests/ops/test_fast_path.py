@@ -748,7 +748,10 @@ def test_backward_workspace_is_kept_per_stream_and_exact(device, fresh_plans, mo
     assert len(plan.workspace.kept) == 1 and bufs is plan.workspace.get()
     assert bufs[0].shape == plan.partial_shape and bufs[1].shape == plan.red.scratch_shape
     monkeypatch.setattr(reduction, "_REUSE", False)
-    assert plan.workspace.get() is None
+    unkept = plan.workspace.get()  # fresh buffers, not the kept ones
+    assert not {t.data_ptr() for t in unkept} & {t.data_ptr() for t in bufs}
+    assert not {t.data_ptr() for t in plan.workspace.get(keep=False)} & {t.data_ptr() for t in bufs}
+    assert len(plan.workspace.kept) == 1
     fresh = [_plan_grads(plan, x, a, b, go) for x, go in zip(xs, gos)]
     for k, f, x, go in zip(kept, fresh, xs, gos):
         assert all(torch.equal(u, v) for u, v in zip(k, f))

@@ -108,13 +108,7 @@ def layernorm_rational_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: t
     launch, ints, red, ws = plan
     gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     with _launch_guard(x):
-        bufs = ws.get()  # partial sums kept per stream (see _Workspace), or fresh ones
-        if bufs is None:
-            partial = torch.empty((red.rows, c, 10), dtype=torch.float32, device=x.device)
-            lnp = torch.empty((red.rows, 2, c), dtype=torch.float32, device=x.device)
-            scratch = None
-        else:
-            partial, lnp, scratch = bufs
+        partial, lnp, scratch = ws.get()  # partial sums kept per stream (see _Workspace)
         launch(x, grad_y, gx, weight, bias, _padded(numerator, 6), _padded(denominator, 4), partial, lnp, *ints)
         gnum, gden = red(partial, numerator, denominator, scratch=scratch)
     gwb = lnp.sum(0)

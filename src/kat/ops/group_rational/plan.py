@@ -82,11 +82,7 @@ class Plan:
         gx = torch.empty_like(x, memory_format=torch.contiguous_format)
         # partial sums and the reduction's scratch: kept per stream for eager calls (merged), fresh
         # for the tuner's and traced graphs' (which own their memory)
-        bufs = self.workspace.get() if merged else None
-        if bufs is None:
-            partial, scratch = torch.empty(self.partial_shape, dtype=torch.float32, device=x.device), None
-        else:
-            partial, scratch = bufs
+        partial, scratch = self.workspace.get(keep=merged)
         call(self.bwd, x, grad_out, gx, _padded(numerator, 6), _padded(denominator, 4), partial,
              *self.x_args, self.partial_shape[0], *self.x_stride, self.c, 1, self.c, 1)
         return (gx, *self.red(partial, numerator, denominator, merged, call, scratch))

@@ -76,30 +76,34 @@ class _Workspace:
     skip their allocations (a few microseconds of host time each, which eager steps pay per
     rational). Kernels on one stream run in launch order, so a later call's writes never overtake
     an earlier call's reads; the thread is in the key too, so two host threads launching on one
-    stream never interleave their uses. Not kept (None: the caller allocates) while a CUDA graph is
-    being captured (the graph must own its memory) and with ``KAT_REUSE_WORKSPACE=0``. Allocated
-    outside any CUDA graph pool (see ``_outside_graph_pools``), released with the plan."""
+    stream never interleave their uses. Fresh buffers instead while a CUDA graph is being captured
+    (the graph must own its memory), for calls that ask for them and with
+    ``KAT_REUSE_WORKSPACE=0``. Kept ones are allocated outside any CUDA graph pool (see
+    ``_outside_graph_pools``) and released with the plan."""
 
     __slots__ = ("device", "shapes", "kept")
 
     def __init__(self, device: torch.device, shapes):
         self.device, self.shapes, self.kept = device, tuple(tuple(s) for s in shapes), {}
 
-    def get(self):
-        """The buffers (a tuple, ``shapes`` order) for a call on the current stream, or None."""
-        if not _REUSE:
-            return None
+    def _fresh(self):
+        return tuple(torch.empty(s, dtype=torch.float32, device=self.device) for s in self.shapes)
+
+    def get(self, keep: bool = True):
+        """The buffers (a tuple, ``shapes`` order) for a call on the current stream: the kept ones,
+        or fresh ones (``keep=False``, a capture, ``KAT_REUSE_WORKSPACE=0``)."""
         dev = self.device
+        if not (keep and _REUSE):
+            return self._fresh()
         if dev.type == "cuda":
             if torch._C._cuda_isCurrentStreamCapturing():
-                return None
+                return self._fresh()
             key = (torch._C._cuda_getCurrentRawStream(dev.index), threading.get_ident())
         else:
             key = (0, threading.get_ident())
         bufs = self.kept.get(key)
         if bufs is None:
-            bufs = self.kept[key] = _outside_graph_pools(
-                lambda: tuple(torch.empty(s, dtype=torch.float32, device=dev) for s in self.shapes), dev)
+            bufs = self.kept[key] = _outside_graph_pools(self._fresh, dev)
         return bufs
 
 
