@@ -36,9 +36,9 @@ def golden_dir() -> Path:
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Report how many generated cases the hypothesis suite (tests/ops/test_fuzz.py) ran."""
+    """Report how many generated cases the hypothesis suite (tests/ops/group_rational/test_fuzz.py) ran."""
     import sys
-    fuzz = sys.modules.get("tests.ops.test_fuzz")
+    fuzz = sys.modules.get("tests.ops.group_rational.test_fuzz")
     if fuzz is not None and fuzz.FUZZ_STATS["cases"]:
         s = fuzz.FUZZ_STATS
         terminalreporter.write_line(

@@ -14,9 +14,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import fused as _fused
 from .ops.group_rational import IMPLS, MAX_ORDER, group_rational
-from .ops.group_rational.layernorm import LayerNormRationalFunction, layernorm_rational, layernorm_rational_supported
+from .ops.grkan_mlp import grkan_mlp, rational_linear
+from .ops.layernorm_rational import layernorm_rational
 from .rational_init import InitSpec, init_coefficients, resolve_init, variance_gain
 
 __all__ = ["GroupRational", "GroupRational2d", "GRKAN", "NormAct1", "set_rational_impl"]
@@ -131,7 +131,9 @@ class GRKAN(nn.Module):
     """The KAT MLP: act1 (identity init) -> drop -> fc1 -> act2 (``act_init``) -> drop -> norm -> fc2.
 
     ``recompute_act1=True`` stores only act1's input for backward and recomputes act1's output there
-    (``kat.fused.rational_linear``): one (..., C) tensor less per block, for one more element-wise pass.
+    (``kat.ops.grkan_mlp.rational_linear``): one (..., C) tensor less per block, for one more
+    element-wise pass. ``apply_act1=False`` leaves act1 to the caller (``NormAct1``: the block's
+    norm2 applies it); its parameters stay here, under the same state_dict keys.
 
     The signature is timm's ``Mlp`` (``act_layer`` is accepted and ignored: the rationals are the
     activations), so ``functools.partial(GRKAN, act_init="gelu")`` is a valid ``mlp_layer``.
@@ -160,7 +162,7 @@ class GRKAN(nn.Module):
         factory = {"device": device, "dtype": dtype}
         rational = dict(groups=groups, order=order, shared_numerator=shared_numerator, impl=impl, **factory)
         self.linear_init, self.recompute_act1 = linear_init, recompute_act1
-        self.act1_in_norm = False  # set by NormAct1: the block's norm2 applies act1, forward skips it
+        self.apply_act1 = True
         # Registration order follows the official module so state_dict keys list in the same order.
         self.fc1 = nn.Linear(in_features, hidden_features, bias=bias[0], **factory)
         self.act1 = GroupRational(in_features, init=act1_init, **rational)
@@ -183,51 +185,22 @@ class GRKAN(nn.Module):
                 nn.init.zeros_(fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mods = self._modules
-        if _fused.FUSED_MLP and type(x) is torch.Tensor and not torch.compiler.is_compiling() \
-                and type(mods["norm"]) is nn.Identity \
-                and not (self.training and (mods["drop1"].p > 0 or mods["drop2"].p > 0)):
-            out = self._fused_forward(x)
-            if out is not None:
-                return out
+        mods = self._modules  # plain dict lookups: Module.__getattr__ is Python, and this runs every call
+        if type(mods["norm"]) is nn.Identity and not (self.training and (mods["drop1"].p > 0 or mods["drop2"].p > 0)):
+            fc1, fc2, act1, act2 = mods["fc1"]._parameters, mods["fc2"]._parameters, mods["act1"], mods["act2"]
+            if act1.impl == act2.impl:
+                p1, p2 = act1._parameters, act2._parameters
+                a1, b1 = (p1["weight_numerator"], p1["weight_denominator"]) if self.apply_act1 else (None, None)
+                out = grkan_mlp(x, a1, b1, fc1["weight"], fc1["bias"], p2["weight_numerator"],
+                                p2["weight_denominator"], fc2["weight"], fc2["bias"], impl=act2.impl,
+                                recompute_act1=self.recompute_act1)
+                if out is not None:
+                    return out
         return self._modules_forward(x)
 
-    def _fused_forward(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """The eager fast path: the whole MLP as one autograd node (``kat.fused.MLPPlan``), where
-        both rationals run on the kernels' plans; None where it does not apply."""
-        mods = self._modules  # plain dict lookups: Module.__getattr__ is Python, and this runs every call
-        fc1, fc2, act1, act2 = mods["fc1"], mods["fc2"], mods["act1"], mods["act2"]
-        p = fc1._parameters
-        w1, c1 = p["weight"], p["bias"]
-        p = fc2._parameters
-        w2, c2 = p["weight"], p["bias"]
-        p = act2._parameters
-        a2, b2 = p["weight_numerator"], p["weight_denominator"]
-        p = act1._parameters
-        a1, b1 = p["weight_numerator"], p["weight_denominator"]
-        fold = self.act1_in_norm
-        dev = x.device
-        dt = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else None
-        key = (x.shape, x.dtype, dev, dt, w1.shape, w1.dtype, w2.shape, a1.shape, b1.shape, a2.shape, b2.shape,
-               fold, self.recompute_act1, act1.impl, act2.impl)
-        plan = _fused._MLP_PLANS.get(key)
-        if plan is None:
-            plan = _fused.build_mlp_plan(x, dt, None if fold else act1, act2, fc1, fc2, self.recompute_act1)
-            if len(_fused._MLP_PLANS) >= 4096:
-                _fused._MLP_PLANS.clear()
-            _fused._MLP_PLANS[key] = plan
-        if not plan or not x.is_contiguous():
-            return None
-        if fold:
-            a1 = b1 = None
-        if torch.is_grad_enabled() and (x.requires_grad or w1.requires_grad or a2.requires_grad or any(
-                t is not None and t.requires_grad for t in (a1, b1, c1, w2, c2, b2))):
-            return plan.function.apply(x, a1, b1, w1, c1, a2, b2, w2, c2)
-        return plan.forward(x, a1, b1, w1, c1, a2, b2, w2, c2)
-
     def _modules_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The MLP module by module (torch.compile, dropout, a norm, CPU, or plan-less calls)."""
-        if self.act1_in_norm:  # x is already act1's output (NormAct1)
+        """The MLP module by module (torch.compile, dropout, a norm, the CPU)."""
+        if not self.apply_act1:  # x is already act1's output (NormAct1)
             x = self.drop2(self.act2(self.fc1(self.drop1(x))))
             return self.fc2(self.norm(x))
         dev = x.device.type
@@ -236,7 +209,6 @@ class GRKAN(nn.Module):
             # lets act1 save a half-size input, write a half-size output, and fc1 skip its cast.
             x = x.to(torch.get_autocast_dtype(dev))
         if self.recompute_act1 and not (self.training and self.drop1.p > 0):
-            from .fused import rational_linear
             x = rational_linear(x, self.act1.weight_numerator, self.act1.weight_denominator, self.fc1.weight,
                                 self.fc1.bias, impl=self.act1.impl)
         else:
@@ -247,48 +219,30 @@ class GRKAN(nn.Module):
 
 
 class NormAct1(nn.LayerNorm):
-    """A transformer block's ``norm2`` that also applies its GR-KAN's ``act1`` (the GR-KAN then starts
-    at fc1). Same parameters and state_dict keys as the LayerNorm it replaces; act1's coefficients
-    stay in the GR-KAN (``mlp.act1``), which this module only refers to.
+    """A LayerNorm that also applies a GroupRational after it (``kat.ops.layernorm_rational``): a KAT
+    block's norm2 with its GR-KAN's act1, which then starts at fc1 (``GRKAN(apply_act1=False)``;
+    ``kat.KAT(fuse_norm_act1=True)`` wires both). Same parameters and state_dict keys as the
+    LayerNorm it replaces; the rational's coefficients stay in the GR-KAN, which owns them. Under
+    autocast the output is in the autocast dtype, as GR-KAN would cast act1's input."""
 
-    Where the rational runs on Triton (CUDA, or ``impl="triton"``), both run as one kernel
-    (``layernorm_rational``): one read of the block's input and one write of act1's output, in the
-    autocast dtype under autocast, and in training one backward kernel that recomputes the row
-    statistics and writes grad_x plus partial sums for LayerNorm's and act1's parameters (no
-    LayerNorm output or act1 input is stored). The rational then sees LayerNorm's fp32 output
-    rather than its bf16 rounding, so results differ from the unfused model by rounding. Otherwise:
-    layer_norm, the cast GR-KAN would make, then act1, exactly the unfused computation."""
-
-    def __init__(self, norm: nn.LayerNorm, grkan: GRKAN):
+    def __init__(self, norm: nn.LayerNorm, act: GroupRational):
         if not isinstance(norm, nn.LayerNorm) or norm.weight is None or norm.bias is None:
             raise ValueError("NormAct1: needs a LayerNorm with weight and bias")
-        if grkan.recompute_act1:
-            raise ValueError("NormAct1: the GR-KAN's recompute_act1 (act1 fused with fc1) excludes fusing act1 "
-                             "into the norm")
+        if not isinstance(act, GroupRational) or act.channel_dim != -1 \
+                or (act.num_features,) != tuple(norm.normalized_shape):
+            raise ValueError("NormAct1: needs a channels-last GroupRational of the norm's width")
         super().__init__(norm.normalized_shape, eps=norm.eps, device=norm.weight.device, dtype=norm.weight.dtype)
         with torch.no_grad():
             self.weight.copy_(norm.weight)
             self.bias.copy_(norm.bias)
-        self.__dict__["_grkan"] = grkan  # a reference, not a submodule: no second copy of act1's keys
-        grkan.act1_in_norm = True
+        self.__dict__["_act"] = act  # a reference, not a submodule: no second copy of its keys
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        act1 = self._grkan.act1
-        dev = x.device.type
+        act, dev = self._act, x.device.type
         out_dtype = torch.get_autocast_dtype(dev) if x.dtype == torch.float32 and torch.is_autocast_enabled(dev) \
             else x.dtype
-        num, den = act1.weight_numerator, act1.weight_denominator
-        if (x.is_cuda or act1.impl == "triton") and act1.impl != "torch" \
-                and layernorm_rational_supported(x, self.weight, self.bias, num, den) is None:
-            if torch.is_grad_enabled() and any(t.requires_grad for t in (x, self.weight, self.bias, num, den)):
-                return LayerNormRationalFunction.apply(x, self.weight, self.bias, self.eps, num, den, out_dtype)
-            if torch.compiler.is_compiling():
-                return torch.ops.kat.layernorm_rational_fwd(x, self.weight, self.bias, self.eps, num, den, out_dtype)
-            return layernorm_rational(x, self.weight, self.bias, self.eps, num, den, out_dtype)
-        z = nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        if z.dtype != out_dtype:
-            z = z.to(out_dtype)
-        return act1(z)
+        return layernorm_rational(x, self.weight, self.bias, self.eps, act.weight_numerator, act.weight_denominator,
+                                  out_dtype=out_dtype, impl=act.impl)
 
 
 def set_rational_impl(model: nn.Module, impl: str) -> nn.Module:

@@ -289,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="torch.compile both models with this mode (bare --compile: default)")
     m.add_argument("--cuda-graphs", action="store_true", help="replay each step as a CUDA graph (no host overhead)")
     m.add_argument("--recompute-act1", action="store_true",
-                   help="KAT: recompute act1's output in backward (kat.fused.rational_linear) to save memory")
+                   help="KAT: recompute act1's output in backward (kat.ops.grkan_mlp.rational_linear) to save memory")
     m.add_argument("--fuse-norm-act1", action="store_true",
                    help="KAT: norm2 and act1 as one kernel, forward and backward (kat.layers.NormAct1)")
     m.add_argument("--rational-impl", default=None, choices=["auto", "torch", "triton"],

@@ -116,8 +116,12 @@ class KAT(VisionTransformer):
                             linear_init=mlp_init, impl=rational_impl, recompute_act1=recompute_act1)
         super().__init__(mlp_layer=mlp_layer, **kwargs)
         if fuse_norm_act1:
-            for block in self.blocks:
-                block.norm2 = NormAct1(block.norm2, block.mlp)
+            if recompute_act1:
+                raise ValueError("KAT: recompute_act1 (act1 fused with fc1) and fuse_norm_act1 (act1 fused with "
+                                 "norm2) exclude each other")
+            for block in self.blocks:  # norm2 applies act1, the MLP starts at fc1
+                block.norm2 = NormAct1(block.norm2, block.mlp.act1)
+                block.mlp.apply_act1 = False
         self._register_load_state_dict_pre_hook(self._check_checkpoint_variant)
 
     def init_weights(self, *args, **kwargs) -> None:

@@ -1,26 +1,12 @@
-"""Triton kernels for the group-rational function (forward and backward), orders (m, n) <= (5, 4).
+"""Triton kernels of the group-rational op: forward, backward, coefficient reduction.
 
-Both kernels see the input as a 2-D matrix of shape (S, CA): a "stream" axis S and a "channel axis"
-CA whose index ``ca`` belongs to channel ``ca % C``. Channels-last tensors are (rows, C) with CA = C;
-channels-first (B, C, L) tensors are (L, B*C) with the stream axis contiguous. The kernels only see
-strides, so one pair covers both layouts and any 2-D-collapsible view.
-
-All arithmetic is float32; loads are upcast and stores round to the output pointer's dtype.
-Coefficients are loaded per column (a gather by group) or, where the host passes UNIFORM (the
-block width divides the group size, so a program's columns share one group), once per program as
-scalars: on sm_90 the default backward tile then takes 96 registers per thread instead of 185
-(bf16, scripts/kernel_sass.py), so more warps, and more loads, are in flight per SM.
-Lower orders run here by zero-padding the coefficients on the host (a zero numerator term adds
-nothing to P, a zero denominator term adds nothing to Q).
-
-The backward kernel is persistent along the stream axis: program (p, k) walks stream tiles
-p, p + P, p + 2P, ... of channel block k (loading tile i + 2P while computing tile i, or, in the
-STAGES configs, letting Triton's pipeliner stream the tiles through shared memory; P is chosen on
-the host so that all programs fit on the GPU at once, from the compiled kernel's registers), accumulates
-the ten coefficient-gradient terms in fp32 registers and writes one partial per channel-axis
-element to ``partial[p, ca, :]`` (denominator terms already multiplied by sign(b)). Two small
-kernels at the end of this file sum the partials per group in a fixed order (fixed grid and tiles
-per shape), so coefficient gradients are bitwise reproducible (no atomics).
+Forward and backward see x as a matrix (S, CA) whose column ``ca`` is channel ``ca % C``:
+channels-last tensors as (rows, C), contiguous channels-first (B, C, L) ones as (L, B*C). Orders up
+to (5, 4), lower ones zero-padded by the host. Arithmetic is fp32; stores round to the output
+dtype. UNIFORM (the block width divides the group size): coefficients loaded once per program.
+The backward is persistent along S and writes per-program partial sums of the ten coefficient
+terms; the reduction kernels at the end sum them per group in a fixed order (no atomics), so
+coefficient gradients are bitwise reproducible.
 """
 from __future__ import annotations
 
@@ -29,17 +15,7 @@ import os
 import triton
 import triton.language as tl
 
-from .configs import GPU_BWD_CONFIGS, GPU_FWD_CONFIGS  # the candidate tiles (no Triton there)
-
 NUM_ACC = 10  # d/da_0..a_5 and d/d|b_1|..|b_4|
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-# The interpreter is for correctness on the CPU, where timing means nothing: the first config is
-# the one used; tests run the others explicitly (both accumulator schemes of the backward).
-FWD_CONFIGS = [(64, 64, 4, False), (32, 64, 4, True)] if INTERPRET else GPU_FWD_CONFIGS
-BWD_CONFIGS = [(32, 64, 4, True), (16, 64, 4, False)] if INTERPRET else GPU_BWD_CONFIGS
-
 
 @triton.jit
 def _load_coefficients(a_ptr, b_ptr, ca, mask_c, C, GROUP_SIZE, a_group_stride):
@@ -62,9 +38,7 @@ def _load_coefficients(a_ptr, b_ptr, ca, mask_c, C, GROUP_SIZE, a_group_stride):
 
 @triton.jit
 def _load_group_coefficients(a_ptr, b_ptr, col0, C, GROUP_SIZE, a_group_stride):
-    """The coefficients as scalars, for a program whose channel-axis block starting at ``col0`` lies
-    in one group (the host passes UNIFORM when the block width divides the group size): one load
-    each per program, and one register each instead of one per column a thread handles."""
+    """The coefficients as scalars, for a block starting at ``col0`` that lies in one group."""
     grp = (col0 % C) // GROUP_SIZE
     a_row = a_ptr + grp * a_group_stride
     b_row = b_ptr + grp * 4
@@ -83,12 +57,9 @@ def _block_coefficients(a_ptr, b_ptr, pid_c, ca, mask_c, C, GROUP_SIZE, a_group_
         return _load_coefficients(a_ptr, b_ptr, ca, mask_c, C, GROUP_SIZE, a_group_stride)
 
 
-# On the GPU the reciprocal of Q is one MUFU.RCP instruction (PTX rcp.approx.ftz.f32, at most
-# 1 ulp off). Q = 1 + sum |b_j| |x|^j is never below 1 (or NaN for NaN x, +inf on overflow, where
-# rcp gives NaN and +0 as division would), so the range fix-ups that tl.fdiv's div.full.f32
-# compiles to (two compares, a select and up to three multiplies per element) are never needed.
-# The interpreter cannot run PTX and divides instead.
-_PTX: tl.constexpr = tl.constexpr(not INTERPRET)
+# 1/Q as one approximate reciprocal (PTX rcp.approx.ftz.f32, <= 1 ulp): Q >= 1 (or +inf/NaN), so
+# the range fix-ups of a full division are never needed. The interpreter cannot run PTX.
+_PTX: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 
 
 @triton.jit
@@ -125,8 +96,7 @@ def group_rational_fwd_kernel(
     COLS_FIRST: tl.constexpr,
 ):
     if COLS_FIRST:
-        # grid (column blocks, row blocks): the programs that run at the same time cover whole rows
-        # (contiguous memory) rather than one column strip of many rows
+        # grid (column blocks, row blocks): programs running at once read whole rows
         pid_c = tl.program_id(0)
         pid_s = tl.program_id(1)
     else:
@@ -145,8 +115,7 @@ def group_rational_fwd_kernel(
     ax = tl.abs(x)
     p, q = _pq(x, ax, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4)
     y = p * _rcp_q(q)  # <= 2 ulp, like div.full.f32, in two instructions
-    # Far from 0 (|x| > ~4e7 with a nonzero x^5 term) P or Q overflows fp32 although P/Q is moderate.
-    # There, evaluate the same function with P and Q divided by x^4 (_scaled_form).
+    # Far from 0 (|x| > ~4e7) P or Q can overflow fp32 although P/Q is moderate: _scaled_form there.
     y_ptrs = y_ptr + s[:, None] * stride_ys + cal * stride_yc
     if SELECT:
         # Both forms for every element, chosen element-wise: more arithmetic, no tile-wide test.
@@ -156,14 +125,10 @@ def group_rational_fwd_kernel(
         tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
     else:
         tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
-        # One add and one max per element: a tile where |P| + Q reaches +inf (or NaN, should the
-        # max propagate a NaN input's NaN) may hold overflowed elements, and the fix-up finds them
-        # exactly; tiles without any (all but a few in practice) skip it.
+        # A tile where |P| + Q reaches +inf (or NaN) may hold overflowed elements: fix those up.
         big = tl.max(tl.max(tl.abs(p) + q, axis=1), axis=0)
         if (big == float("inf")) | (big != big):
-            # Rare: only tiles with such elements get here, and they overwrite those elements, one
-            # row at a time (registers are allocated for the kernel's peak, so a whole-tile branch
-            # would cost every tile occupancy; a row is small). Rows and coefficients are reloaded.
+            # Row by row: a whole-tile branch would raise every tile's register peak.
             _fwd_scaled_fixup(x_ptr, y_ptr, a_ptr, b_ptr, pid_s * BLOCK_S, S, cal, ca, mask_c, C,
                               GROUP_SIZE, a_group_stride, stride_xs, stride_xc, stride_ys, stride_yc,
                               BLOCK_S)
@@ -171,8 +136,7 @@ def group_rational_fwd_kernel(
 
 @triton.jit
 def _scaled_form(x, scaled, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
-    """P/Q as (P/x^4) / (Q/x^4) with v = 1/x, where ``scaled`` (elsewhere 2.0 stands in for x):
-    P/x^4 = a5 x + a4 + v (a3 + v (a2 + v (a1 + v a0))),  Q/x^4 = |b4| + |v| (|b3| + |v| (|b2| + |v| (|b1| + |v|)))."""
+    """P/Q as (P/x^4) / (Q/x^4) with v = 1/x where ``scaled`` (2.0 stands in for x elsewhere)."""
     xs = tl.where(scaled, x, 2.0)
     v = tl.fdiv(tl.full(xs.shape, 1.0, tl.float32), xs)
     av = tl.abs(v)
@@ -201,8 +165,7 @@ def _fwd_scaled_fixup(x_ptr, y_ptr, a_ptr, b_ptr, row0, S, cal, ca, mask_c, C, G
 
 @triton.jit
 def _grad_terms(x, go, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
-    """For y = P(x)/Q(x) (b already |b|) and upstream gradient go: (dL/dx, r = go/Q, f = P/Q, |x|,
-    x^2, x^3, x^4, x^5), the pieces the coefficient gradients are built from."""
+    """(dL/dx, r = go/Q, f = P/Q, |x|, x^2 .. x^5) for y = P/Q (b already |b|), upstream go."""
     ax = tl.abs(x)
     x2 = x * x
     x3 = x2 * x
@@ -226,11 +189,8 @@ def _grad_terms(x, go, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
 
 @triton.jit
 def _accumulate(acc, v, ROW_REDUCE: tl.constexpr, FOLD: tl.constexpr):
-    """acc += v, or acc += v summed over the tile's rows (acc is then [1, BLOCK_C]), or (FOLD > 1)
-    acc += v with each run of FOLD neighbouring columns summed (acc is then [BLOCK_S, BLOCK_C //
-    FOLD]): where a block's columns share one group their terms are summed anyway, and a run of
-    FOLD columns is what one thread holds, so the fold is a thread's own adds and the thread keeps
-    one accumulator per term instead of FOLD."""
+    """acc += v; ROW_REDUCE: summed over the tile's rows; FOLD > 1 (a block in one group): each run
+    of FOLD neighbouring columns, which one thread holds, summed into one accumulator."""
     if ROW_REDUCE:
         return acc + tl.sum(v, axis=0, keep_dims=True)
     elif FOLD > 1:
@@ -243,8 +203,7 @@ def _accumulate(acc, v, ROW_REDUCE: tl.constexpr, FOLD: tl.constexpr):
 def _tile_backward(x, go, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4,
                    acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5, acc_b1, acc_b2, acc_b3, acc_b4,
                    ROW_REDUCE: tl.constexpr, FOLD: tl.constexpr):
-    """One tile of the backward: dL/dx, and the ten coefficient-gradient terms added to the
-    accumulators (denominator terms before sign(b), applied once at the end)."""
+    """One tile: dL/dx, and the ten coefficient terms added up (sign(b) is applied at the end)."""
     gx, r, f, ax, x2, x3, x4, x5 = _grad_terms(x, go, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4)
     acc_a0 = _accumulate(acc_a0, r, ROW_REDUCE, FOLD)
     acc_a1 = _accumulate(acc_a1, r * x, ROW_REDUCE, FOLD)
@@ -280,27 +239,15 @@ def group_rational_bwd_kernel(
     col_g = cal * stride_gc
     col_d = cal * stride_dxc
 
-    # ROW_REDUCE: fold each tile's rows into [1, BLOCK_C] accumulators (ACC_ROWS = 1: 10 registers
-    # per column instead of 10 per element in flight, so taller tiles fit); otherwise ACC_ROWS =
-    # BLOCK_S and the rows are reduced once at the end.
-    acc_a0 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
-    acc_a1 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
-    acc_a2 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
-    acc_a3 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
-    acc_a4 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
-    acc_a5 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
-    acc_b1 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
-    acc_b2 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
-    acc_b3 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
-    acc_b4 = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
+    # ACC_ROWS: 1 with ROW_REDUCE (each tile's rows summed at once), else BLOCK_S (summed at the end)
+    zero = tl.zeros([ACC_ROWS, BLOCK_C // FOLD], dtype=tl.float32)
+    acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5 = zero, zero, zero, zero, zero, zero
+    acc_b1, acc_b2, acc_b3, acc_b4 = zero, zero, zero, zero
 
     rows = tl.arange(0, BLOCK_S)
     num_tiles = tl.cdiv(S, BLOCK_S)
     if STAGES > 0:
-        # Triton's software pipeliner: on sm_80+ the loads of the next STAGES - 1 tiles are issued
-        # as asynchronous copies into shared memory while this tile is computed, so the bytes in
-        # flight grow with STAGES without holding them in registers (the manual prefetch below
-        # holds two tiles in registers). The interpreter ignores num_stages.
+        # Triton's pipeliner streams the next STAGES - 1 tiles through shared memory (sm_80+).
         for tile in tl.range(pid_s, num_tiles, NUM_SPLITS, num_stages=STAGES):
             s = tile * BLOCK_S + rows
             mask = (s < S)[:, None] & mask_c[None, :]
@@ -312,11 +259,7 @@ def group_rational_bwd_kernel(
                 acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5, acc_b1, acc_b2, acc_b3, acc_b4, ROW_REDUCE, FOLD)
             tl.store(gx_ptr + s64 * stride_dxs + col_d, gx.to(gx_ptr.dtype.element_ty), mask=mask)
     else:
-        # Software prefetch: loads run two tiles ahead of the arithmetic (tile i + 2P is requested
-        # while tile i is computed), so their latency overlaps it; against one tile ahead that costs
-        # a few registers per thread (sm_90, bf16, uniform: 90 -> 96) and doubles the bytes in flight
-        # per SM for a kernel that otherwise waits on memory latency. The pointer tiles advance by a
-        # fixed number of rows per iteration: one 64-bit add each instead of row x stride products.
+        # Loads run two tiles ahead of the arithmetic, in registers; pointers advance by a fixed step.
         step_rows = NUM_SPLITS * BLOCK_S
         s = pid_s * BLOCK_S + rows
         mask = (s < S)[:, None] & mask_c[None, :]
@@ -385,17 +328,73 @@ def group_rational_bwd_kernel(
         tl.store(out + 9, tl.sum(acc_b4, axis=0) * s4, mask=mask_c)
 
 
-def compile_signature(kernel, dtype: str) -> dict:
-    """Triton signature to compile ``kernel`` ahead of time (tests/ops/test_kernel_build.py,
-    scripts/kernel_regs.py): data pointers in ``dtype`` ("fp32"/"bf16"/"fp16"), coefficient and
-    partial-sum pointers fp32, the reduction's counter i32, integers i32, constexprs as such."""
-    sig = {}
-    for p in kernel.params:
-        if p.is_constexpr:
-            sig[p.name] = "constexpr"
-        elif p.name.endswith("_ptr"):
-            sig[p.name] = ("*" + dtype if p.name in ("x_ptr", "y_ptr", "go_ptr", "gx_ptr", "gy_ptr")
-                           else "*i32" if p.name == "count_ptr" else "*fp32")
+# ---------------------------------------------------------------------------------------------
+# The coefficient reduction: per-program partial sums, read as (ROWS, G, GS, NUM_ACC), into the
+# coefficient gradients. Host side: reduction.py.
+
+@triton.jit
+def coefficient_partials_kernel(partial_ptr, scratch_ptr, count_ptr, gnum_ptr, gden_ptr,
+                                ROWS, G, GS, ROWS_PER_PROGRAM, NUM_M, NUM_N,
+                                BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr, FINISH: tl.constexpr,
+                                SHARED: tl.constexpr, BLOCK_RS: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Program (g, r): the ten sums of group g over rows [r * ROWS_PER_PROGRAM, ...), to
+    scratch[r, g, 0:16], in a fixed order. FINISH: the program that takes the last ticket of
+    ``count_ptr`` (acquire-release) also does coefficient_grads_kernel's work and resets the
+    counter; which program that is varies, what it sums and in which order does not."""
+    g = tl.program_id(0)
+    rp = tl.program_id(1)
+    col = tl.arange(0, BLOCK_J * 16)
+    j = col // 16
+    k = col % 16
+    rows = tl.arange(0, BLOCK_R)
+    acc = tl.zeros([BLOCK_R, BLOCK_J * 16], dtype=tl.float32)
+    r_begin = rp * ROWS_PER_PROGRAM
+    r_end = tl.minimum(r_begin + ROWS_PER_PROGRAM, ROWS)
+    for r0 in range(r_begin, r_end, BLOCK_R):
+        r = r0 + rows
+        base = (r.to(tl.int64) * G + g) * GS * 10
+        for j0 in range(0, GS, BLOCK_J):
+            jj = j0 + j
+            mask = (r < r_end)[:, None] & ((jj < GS) & (k < 10))[None, :]
+            acc += tl.load(partial_ptr + base[:, None] + (jj * 10 + k)[None, :], mask=mask, other=0.0)
+    total = tl.sum(tl.reshape(tl.sum(acc, axis=0), [BLOCK_J, 16]), axis=0)
+    tl.store(scratch_ptr + (rp * G + g) * 16 + tl.arange(0, 16), total)
+    if FINISH:
+        tl.debug_barrier()  # every thread's part of the scratch row is written before the ticket
+        ticket = tl.atomic_add(count_ptr, 1, sem="acq_rel")
+        if ticket == G * tl.num_programs(1) - 1:
+            _coefficient_sums(scratch_ptr, gnum_ptr, gden_ptr, tl.num_programs(1), G, NUM_M, NUM_N,
+                              SHARED, BLOCK_RS, BLOCK_G, ".cg")
+            tl.atomic_xchg(count_ptr, 0)
+
+
+@triton.jit
+def _coefficient_sums(scratch_ptr, gnum_ptr, gden_ptr, RS, G, NUM_M, NUM_N, SHARED: tl.constexpr,
+                      BLOCK_RS: tl.constexpr, BLOCK_G: tl.constexpr, CACHE: tl.constexpr):
+    """Sums scratch[0:RS, g, :] per group g (RS <= BLOCK_RS) and writes the denominator gradients
+    (G, NUM_N) and the numerator gradients, (1, NUM_M) summed over groups when SHARED, else
+    (G, NUM_M). CACHE ".cg": read through L2 only (rows other programs of the same launch wrote)."""
+    rs = tl.arange(0, BLOCK_RS)
+    k = tl.arange(0, 16)
+    num = tl.zeros([16], dtype=tl.float32)
+    for g0 in range(0, G, BLOCK_G):
+        gi = g0 + tl.arange(0, BLOCK_G)
+        ptrs = scratch_ptr + ((rs[:, None, None] * G + gi[None, :, None]) * 16 + k[None, None, :])
+        mask = (rs < RS)[:, None, None] & (gi < G)[None, :, None] & (k < 16)[None, None, :]
+        per_group = tl.sum(tl.load(ptrs, mask=mask, other=0.0, cache_modifier=CACHE), axis=0)  # [BLOCK_G, 16]
+        g_ok = (gi < G)[:, None]
+        den_cols = ((k >= 6) & (k < 6 + NUM_N))[None, :]
+        tl.store(gden_ptr + gi[:, None] * NUM_N + (k - 6)[None, :], per_group, mask=g_ok & den_cols)
+        if SHARED:
+            num += tl.sum(tl.where(g_ok, per_group, 0.0), axis=0)
         else:
-            sig[p.name] = "fp32" if p.name == "eps" else "i32"
-    return sig
+            tl.store(gnum_ptr + gi[:, None] * NUM_M + k[None, :], per_group, mask=g_ok & (k < NUM_M)[None, :])
+    if SHARED:
+        tl.store(gnum_ptr + k, num, mask=k < NUM_M)
+
+
+@triton.jit
+def coefficient_grads_kernel(scratch_ptr, gnum_ptr, gden_ptr, RS, G, NUM_M, NUM_N,
+                             SHARED: tl.constexpr, BLOCK_RS: tl.constexpr, BLOCK_G: tl.constexpr):
+    """One program, the second stage where the first did not finish (see _coefficient_sums)."""
+    _coefficient_sums(scratch_ptr, gnum_ptr, gden_ptr, RS, G, NUM_M, NUM_N, SHARED, BLOCK_RS, BLOCK_G, "")

@@ -1,119 +1,228 @@
-"""The eager fast path: one :class:`Plan` per (shapes, strides, dtypes, device) of channels-last
-calls whose rows collapse to one stride, built on first use (configs tuned, grids sized, launchers
-bound), so that later calls only pass pointers. Also used by the custom ops that compiled graphs
-call (``function._op_plan``) and by ``inline.py``."""
+"""Plans: everything about a call of the kernels that depends only on its arguments' shapes, strides,
+dtypes and device, decided once and kept in the op's one cache (``cached``/``remember``, keyed by
+``plan_key``). A :class:`Plan` holds the matrix view the kernels see, the chosen configs and the
+bound launchers; per call, only pointers change.
+
+Layouts: channels last, or any channel axis whose other axes collapse to one row stride (e.g. a
+channels_last image batch), runs as (rows, C); other channel axes as the contiguous (B, C, L)
+tensor's (L, B*C). Inputs that fit neither are copied into that form; outputs are always in it.
+"""
 from __future__ import annotations
+
+import math
 
 import torch
 
-from .function import (_TUNER, _bwd_candidates, _bwd_consts, _bwd_grid, _fwd_candidates, _fwd_consts, _fwd_grid,
-                       _kernels, _launch_bwd, _launch_fwd, _padded, _partial_columns, _resident_key,
-                       _should_learn, _with_reduction)
-from .launch import _Launch, _launch_guard
-from .reduction import _Reduction, _Workspace
+from .launch import Launcher, cdiv, device_of, num_splits, resident_of
+from .reduction import Reduction, Workspace
+from .tuning import Tuner, bwd_candidates, bwd_consts, fold, fwd_candidates, fwd_consts
 
-_current_device = torch._C._cuda_getDevice if hasattr(torch._C, "_cuda_getDevice") else (lambda: -1)
+MAX_ORDER = (5, 4)  # (m, n) the kernels implement; lower orders are zero-padded
+TUNER = Tuner()
+
+_PLANS: dict = {}
+_current_device = getattr(torch._C, "_cuda_getDevice", lambda: -1)
+
+
+def plan_key(x, numerator, denominator, impl: str, channel_dim: int) -> tuple:
+    """The cache key of a call: the implementation asked for and everything a plan depends on."""
+    return (impl, channel_dim, x.shape, x.stride(), x.dtype, x.device, numerator.shape, numerator.dtype,
+            numerator.device, denominator.shape, denominator.dtype, denominator.device)
+
+
+def cached(key):
+    return _PLANS.get(key)
+
+
+def remember(key, plan):
+    if len(_PLANS) >= 4096:  # many distinct shapes: start over rather than grow without bound
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
+
+
+def plan_for(x, numerator, denominator, channel_dim: int) -> "Plan":
+    """The kernels' plan for valid arguments (``channel_dim`` non-negative), cached."""
+    key = plan_key(x, numerator, denominator, "triton", channel_dim)
+    plan = _PLANS.get(key)
+    return plan if plan is not None else remember(key, Plan(x, numerator, denominator, channel_dim))
+
+
+def padded(coef: torch.Tensor, width: int) -> torch.Tensor:
+    """Coefficients as the kernels read them: float32, contiguous, zero-padded to ``width`` terms."""
+    if coef.dtype == torch.float32 and coef.shape[1] == width and coef.is_contiguous():
+        return coef
+    coef = coef.detach().to(torch.float32)
+    if coef.shape[1] < width:
+        coef = torch.nn.functional.pad(coef, (0, width - coef.shape[1]))
+    return coef.contiguous()
+
+
+def row_view(t: torch.Tensor, cd: int):
+    """(rows, row stride) where the axes other than ``cd`` collapse to one stride, else None.
+    Plain loops over ints: torch.compile traces this (``layernorm_rational``)."""
+    rows, stride, inner = 1, t.shape[cd], None
+    for i in range(t.dim() - 1, -1, -1):  # innermost first
+        n = t.shape[i]
+        if i == cd or n == 1:
+            continue
+        if inner is not None and t.stride(i) != inner:
+            return None
+        if inner is None:
+            stride = t.stride(i)
+        inner = t.stride(i) * n
+        rows *= n
+    return rows, stride
+
+
+def rows_layout(x: torch.Tensor, cd: int) -> bool:
+    """True where the kernels see ``x`` as (rows, C), False for (L, B*C) (see the module docstring)."""
+    return cd == x.dim() - 1 or row_view(x, cd) is not None
+
+
+def empty_output(x: torch.Tensor, cd: int, rows: bool) -> torch.Tensor:
+    """A new tensor of x's shape and dtype in the kernels' output layout (channels innermost in
+    memory for the rows layout, contiguous otherwise)."""
+    if not rows or cd == x.dim() - 1:
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    shape = list(x.shape)
+    shape.append(shape.pop(cd))
+    return torch.empty(shape, dtype=x.dtype, device=x.device).movedim(-1, cd)
 
 
 class Plan:
-    """What the kernels need for calls on channels-last ``x`` of one shape, strides, dtype and
-    device, with coefficients of one shape: the matrix view's strides, the tuned configs and their
-    launchers. Per call, only the pointers change. Built on first use by ``group_rational``."""
+    """The kernels' calls on ``x`` of one shape, strides, dtype and device along ``channel_dim``,
+    with coefficients of one shape: ``forward`` -> y, ``backward`` -> (grad_x, grad_numerator,
+    grad_denominator)."""
 
-    __slots__ = ("x_stride", "c", "a_stride", "x_args", "fwd", "bwd", "partial_shape", "red", "function", "index",
-                 "workspace")
+    __slots__ = ("cd", "last", "rows_layout", "copy", "index", "numel", "fwd", "fwd_args", "bwd",
+                 "bwd_args", "red", "workspace", "fwd_cfg", "bwd_cfg")
 
-    def __init__(self, x, numerator, denominator):
-        kernels = _kernels()
-        c, groups = x.shape[-1], denominator.shape[0]
-        x2 = x.view(-1, c)
-        self.x_stride = x2.stride()  # the row stride of the view, whatever x's own strides say
-        self.c = c
-        self.index = x.device.index if x.is_cuda else None  # the GPU the launches must run on
-        self.a_stride = 0 if numerator.shape[0] == 1 else 6
-        s, gs = x2.shape[0], c // groups
-        # Integer arguments after the pointers, fixed for the plan.
-        self.x_args = (s, c, c, gs, self.a_stride)
-        a, b = _padded(numerator, 6), _padded(denominator, 4)
-        y2 = torch.empty_like(x2, memory_format=torch.contiguous_format)
-        go2 = torch.empty_like(y2).normal_()
-        with _launch_guard(x):
-            fcfg = _TUNER.pick(("fwd", x.device, x.dtype, s, c, c, groups), _fwd_candidates(gs),
-                               lambda cfg: _launch_fwd(x2, y2, a, b, self.a_stride, c, groups, cfg))
-            bcfg = _TUNER.pick(("bwd", x.device, x.dtype, s, c, c, groups), _bwd_candidates(gs), _with_reduction(
-                lambda cfg: _launch_bwd(x2, go2, y2, a, b, self.a_stride, c, groups, cfg), c, c, groups,
-                numerator, denominator))
-        self.fwd = _Launch(kernels.group_rational_fwd_kernel, _fwd_grid(s, c, fcfg), _fwd_consts(fcfg, gs, s), fcfg[2], 4)
-        if _should_learn(x, _resident_key(x, bcfg, gs)):  # a config not timed here (tuning file, KAT_AUTOTUNE=0)
-            with _launch_guard(x):
-                _launch_bwd(x2, go2, y2, a, b, self.a_stride, c, groups, bcfg)
-        grid = _bwd_grid(x, s, c, bcfg, gs)
-        self.bwd = _Launch(kernels.group_rational_bwd_kernel, grid, _bwd_consts(bcfg, gs), bcfg[2], 6)
-        # partial[p, g, j, k]: split p, group g, channel (or folded block) j of the group, term k
-        gs_cols = _partial_columns(bcfg, c, gs) // groups
-        self.partial_shape = (grid[0], groups, gs_cols, kernels.NUM_ACC)
-        self.red = _Reduction(x.device, grid[0], groups, gs_cols, numerator.shape[1], denominator.shape[1],
-                              numerator.shape[0] == 1)
-        self.workspace = _Workspace(x.device, (self.partial_shape, self.red.scratch_shape))
-        self.function = _plan_function(self)
+    def __init__(self, x, numerator, denominator, channel_dim: int):
+        from . import kernels  # lazy: see launch.py
+        cd, c, groups = channel_dim, x.shape[channel_dim], denominator.shape[0]
+        gs = c // groups
+        self.cd, self.numel, self.last = cd, x.numel(), cd == x.dim() - 1
+        self.index = x.device.index if x.is_cuda else None
+        view = row_view(x, cd)
+        self.rows_layout = cd == x.dim() - 1 or view is not None
+        self.copy = not (view is not None if self.rows_layout else x.is_contiguous())
+        if not self.numel:
+            return
+        xk = self.operand(x)
+        if self.rows_layout:
+            s, ca = self.numel // c, c
+            x_strides = (c, 1) if self.copy else (view[1], x.stride(cd))
+            out_strides = (c, 1)
+        else:
+            s, ca = math.prod(x.shape[cd + 1:]), math.prod(x.shape[:cd + 1])
+            x_strides = out_strides = (1, s)
+        a_stride = 0 if numerator.shape[0] == 1 else 6
+        a, b = padded(numerator, 6), padded(denominator, 4)
+        ints = (s, ca, c, gs, a_stride)
+        self.fwd_args = (*ints, *x_strides, *out_strides)
+        y = self.empty(x)
+        go = torch.randn_like(y)
 
-    def _other_device(self) -> bool:
-        """True when the current CUDA device is not the plan's (Triton launches on the current one);
-        one raw query instead of building a device guard on every call."""
-        return self.index is not None and _current_device() != self.index
+        def time_fwd(cfg):
+            consts = fwd_consts(cfg, gs, s)
+            kernels.group_rational_fwd_kernel[_fwd_grid(s, ca, cfg, consts)](
+                xk, y, a, b, *self.fwd_args, **consts, num_warps=cfg[2])
 
-    def forward(self, x, numerator, denominator, call=_Launch.__call__):
-        """y; ``call(launch, *args)`` runs a launch (inline.py passes one that Inductor can trace)."""
-        if self._other_device():
-            with torch.cuda.device(self.index):
-                return self.forward(x, numerator, denominator, call)
-        y = torch.empty_like(x, memory_format=torch.contiguous_format)
-        call(self.fwd, x, y, _padded(numerator, 6), _padded(denominator, 4), *self.x_args, *self.x_stride, self.c, 1)
+        made: dict = {}
+
+        def time_bwd(cfg):  # the kernel and the coefficient reduction of its partial sums
+            if cfg not in made:  # built in do_bench_cudagraph's warm-up call, outside its capture
+                made[cfg] = self._backward_launch(kernels, cfg, xk, go, y, a, b, ints, x_strides, out_strides,
+                                                  numerator, denominator)
+            launch, red, shape = made[cfg]
+            partial = torch.empty(shape, dtype=torch.float32, device=x.device)
+            launch(xk, go, y, a, b, partial, *ints, launch.grid[0], *x_strides, *out_strides, *out_strides)
+            red(partial, numerator, denominator, merged=False)
+
+        with device_of(x):
+            self.fwd_cfg = TUNER.pick(("fwd", x.device, x.dtype, s, ca, c, groups), fwd_candidates(x.device, gs),
+                                      time_fwd)
+            self.bwd_cfg = TUNER.pick(("bwd", x.device, x.dtype, s, ca, c, groups), bwd_candidates(x.device, gs),
+                                      time_bwd)
+            self.bwd, self.red, partial_shape = self._backward_launch(
+                kernels, self.bwd_cfg, xk, go, y, a, b, ints, x_strides, out_strides, numerator, denominator)
+        consts = fwd_consts(self.fwd_cfg, gs, s)
+        self.fwd = Launcher(kernels.group_rational_fwd_kernel, _fwd_grid(s, ca, self.fwd_cfg, consts), consts,
+                            self.fwd_cfg[2], 4)
+        self.bwd_args = (*ints, self.bwd.grid[0], *x_strides, *out_strides, *out_strides)
+        self.workspace = Workspace(x.device, (partial_shape, self.red.scratch_shape))
+
+    @staticmethod
+    def _backward_launch(kernels, cfg, x, go, gx, a, b, ints, x_strides, out_strides, numerator, denominator):
+        """(launcher, reduction, partial-sum shape) for backward config ``cfg``. On a GPU, outside a
+        graph capture, one launch at a guessed grid compiles the kernel and tells how many of its
+        programs fit on an SM; the launcher then covers the GPU in exactly one wave."""
+        s, ca, c, gs, _ = ints
+        blocks = cdiv(ca, cfg[1])
+        consts = bwd_consts(cfg, gs)
+        cols = ca // cfg[1] if fold(cfg, gs) > 1 else ca  # folded: one partial per block
+
+        def shape(splits):
+            return (splits, cols, kernels.NUM_ACC)
+
+        launch = Launcher(kernels.group_rational_bwd_kernel,
+                          (num_splits(x.device, s, cfg[0], blocks, cfg[2]), blocks), consts, cfg[2], 6)
+        if x.is_cuda and not torch.cuda.is_current_stream_capturing():
+            partial = torch.empty(shape(launch.grid[0]), dtype=torch.float32, device=x.device)
+            compiled = launch(x, go, gx, a, b, partial, *ints, launch.grid[0], *x_strides, *out_strides, *out_strides)
+            resident = resident_of(compiled, cfg[2], x.device)
+            if resident:
+                grid = (num_splits(x.device, s, cfg[0], blocks, cfg[2], resident), blocks)
+                launch = Launcher(launch.kernel, grid, consts, cfg[2], 6, compiled=launch.compiled)
+        splits = launch.grid[0]
+        # partial[p, g, j, k], read per channel copy: split p (x outer copies), group g, column j, term k
+        red = Reduction(x.device, splits * (ca // c), c // gs, cols // (ca // c) // (c // gs),
+                        numerator.shape[1], denominator.shape[1], numerator.shape[0] == 1)
+        return launch, red, shape(splits)
+
+    def operand(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (x's shape) with strides the kernels' matrix view can read: itself, or a copy."""
+        if not self.copy:
+            return t
+        if self.rows_layout:
+            return t.movedim(self.cd, -1).contiguous().movedim(-1, self.cd)
+        return t.contiguous()
+
+    def empty(self, like: torch.Tensor) -> torch.Tensor:
+        if self.last:  # the common case, in the cheapest call
+            return torch.empty_like(like, memory_format=torch.contiguous_format)
+        return empty_output(like, self.cd, self.rows_layout)
+
+    def _like_output(self, t: torch.Tensor) -> torch.Tensor:
+        if (t.movedim(self.cd, -1) if self.rows_layout and not self.last else t).is_contiguous():
+            return t
+        out = self.empty(t)
+        out.copy_(t)
+        return out
+
+    def forward(self, x, numerator, denominator):
+        if self.index is not None and _current_device() != self.index:
+            with torch.cuda.device(self.index):  # Triton launches on the current device
+                return self.forward(x, numerator, denominator)
+        y = self.empty(x)
+        if self.numel:
+            self.fwd(self.operand(x), y, padded(numerator, 6), padded(denominator, 4), *self.fwd_args)
         return y
 
-    def backward(self, grad_out, x, numerator, denominator, call=_Launch.__call__, merged: bool = True):
-        """(grad_x, grad_numerator, grad_denominator); ``call`` as in forward, ``merged`` as in
-        :class:`_Reduction`."""
-        if self._other_device():
+    def backward(self, grad_out, x, numerator, denominator):
+        if self.index is not None and _current_device() != self.index:
             with torch.cuda.device(self.index):
-                return self.backward(grad_out, x, numerator, denominator, call, merged)
-        if not grad_out.is_contiguous():
-            grad_out = grad_out.contiguous()
-        gx = torch.empty_like(x, memory_format=torch.contiguous_format)
-        # partial sums and the reduction's scratch: kept per stream for eager calls (merged), fresh
-        # for the tuner's and traced graphs' (which own their memory)
-        partial, scratch = self.workspace.get(keep=merged)
-        call(self.bwd, x, grad_out, gx, _padded(numerator, 6), _padded(denominator, 4), partial,
-             *self.x_args, self.partial_shape[0], *self.x_stride, self.c, 1, self.c, 1)
-        return (gx, *self.red(partial, numerator, denominator, merged, call, scratch))
+                return self.backward(grad_out, x, numerator, denominator)
+        gx = self.empty(x)
+        if not self.numel:
+            return gx, torch.zeros_like(numerator), torch.zeros_like(denominator)
+        partial, scratch = self.workspace.get()
+        self.bwd(self.operand(x), self._like_output(grad_out), gx, padded(numerator, 6), padded(denominator, 4),
+                 partial, *self.bwd_args)
+        return (gx, *self.red(partial, numerator, denominator, scratch))
 
 
-def _rows_collapse(shape, stride) -> bool:
-    """``x.view(-1, C)`` works for a tensor of this shape and stride: the leading dims (size-1
-    ones aside) nest like one contiguous block. Plain ints, so torch.compile's tracing can ask too."""
-    lead = [(n, s) for n, s in zip(shape[:-1], stride[:-1]) if n != 1]
-    return all(s0 == s1 * n1 for (_, s0), (n1, s1) in zip(lead, lead[1:]))
-
-
-def _plannable(x: torch.Tensor) -> bool:
-    """Rows that collapse to one stride (``x.view(-1, C)`` works) and something to compute."""
-    return x.numel() > 0 and _rows_collapse(tuple(x.shape), x.stride())
-
-
-def _plan_function(plan: Plan):
-    """An autograd.Function bound to ``plan``: ``apply(x, numerator, denominator)``. The plan is
-    reached through the closure, so no attribute is set on the autograd context and apply has no
-    non-tensor arguments to sort out (a little host time per call; the garbage collector, counted
-    on the H200, does not run during training steps either way)."""
-
-    class PlannedGroupRational(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, numerator, denominator):
-            ctx.save_for_backward(x, numerator, denominator)
-            return plan.forward(x, numerator, denominator)
-
-        @staticmethod
-        def backward(ctx, grad_out):
-            return plan.backward(grad_out, *ctx.saved_tensors)
-
-    return PlannedGroupRational
+def _fwd_grid(s: int, ca: int, cfg, consts) -> tuple:
+    rows, cols = cdiv(s, cfg[0]), cdiv(ca, cfg[1])
+    return (cols, rows) if consts["COLS_FIRST"] else (rows, cols)

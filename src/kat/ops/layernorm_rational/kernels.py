@@ -1,12 +1,12 @@
-"""Triton kernels for a transformer block's norm2 (LayerNorm) and GR-KAN's first rational in one
-pass, forward and backward (host side: ``layernorm.py``). They share the rational's building blocks
-with ``kernels.py`` (coefficient loads, P/Q, the overflow-safe scaled form, the gradient terms)."""
+"""Triton kernels for LayerNorm followed by a group rational in one pass, forward and backward
+(host side: ``__init__.py``). They reuse the group-rational kernels' building blocks (coefficient
+loads, P/Q, the overflow-safe scaled form, the gradient terms)."""
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from .kernels import _grad_terms, _load_coefficients, _pq, _rcp_q, _scaled_form
+from ..group_rational.kernels import _grad_terms, _load_coefficients, _pq, _rcp_q, _scaled_form
 
 
 @triton.jit
@@ -57,18 +57,9 @@ def layernorm_rational_bwd_kernel(x_ptr, gy_ptr, gx_ptr, w_ptr, bias_ptr, a_ptr,
     a0, a1, a2, a3, a4, a5, sb1, sb2, sb3, sb4 = _load_coefficients(
         a_ptr, b_ptr, cols, mask_c, C, GROUP_SIZE, a_group_stride)
     b1, b2, b3, b4 = tl.abs(sb1), tl.abs(sb2), tl.abs(sb3), tl.abs(sb4)
-    acc_a0 = tl.zeros([1, BLOCK_C], dtype=tl.float32)
-    acc_a1 = tl.zeros([1, BLOCK_C], dtype=tl.float32)
-    acc_a2 = tl.zeros([1, BLOCK_C], dtype=tl.float32)
-    acc_a3 = tl.zeros([1, BLOCK_C], dtype=tl.float32)
-    acc_a4 = tl.zeros([1, BLOCK_C], dtype=tl.float32)
-    acc_a5 = tl.zeros([1, BLOCK_C], dtype=tl.float32)
-    acc_b1 = tl.zeros([1, BLOCK_C], dtype=tl.float32)
-    acc_b2 = tl.zeros([1, BLOCK_C], dtype=tl.float32)
-    acc_b3 = tl.zeros([1, BLOCK_C], dtype=tl.float32)
-    acc_b4 = tl.zeros([1, BLOCK_C], dtype=tl.float32)
-    acc_dw = tl.zeros([1, BLOCK_C], dtype=tl.float32)
-    acc_db = tl.zeros([1, BLOCK_C], dtype=tl.float32)
+    zero = tl.zeros([1, BLOCK_C], dtype=tl.float32)
+    acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5 = zero, zero, zero, zero, zero, zero
+    acc_b1, acc_b2, acc_b3, acc_b4, acc_dw, acc_db = zero, zero, zero, zero, zero, zero
     for blk in range(pid, tl.cdiv(S, BLOCK_M), NUM_PROGRAMS):
         rows = (blk * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
         mask = (rows < S)[:, None] & mask_c[None, :]

@@ -1,7 +1,8 @@
-"""The memory-saving act1 -> fc1 composite (kat.fused.rational_linear, GRKAN(recompute_act1=True))
-against the unfused reference: forward and every gradient, fp32 and under autocast, both impls
-(Triton through the interpreter on a CPU-only machine); and what each variant saves for backward
-compared with timm's Mlp."""
+"""kat.ops.grkan_mlp: the memory-saving act1 -> fc1 composite (rational_linear,
+GRKAN(recompute_act1=True)) and the whole GR-KAN MLP as one autograd node (grkan_mlp, GRKAN's
+eager fast path), each against the unfused computation: forward and every gradient, fp32 and under
+autocast, both impls (Triton through the interpreter on a CPU-only machine); and what each variant
+saves for backward compared with timm's Mlp."""
 import copy
 
 import pytest
@@ -9,8 +10,9 @@ import torch
 from timm.layers import Mlp
 
 import kat
-from kat.fused import rational_linear
-from kat.layers import GRKAN
+import kat.layers
+from kat.layers import GRKAN, NormAct1
+from kat.ops.grkan_mlp import rational_linear
 
 IMPLS = ["torch", "triton"]
 
@@ -110,34 +112,37 @@ def test_norm_act1_saves_no_more_than_timm_norm_and_mlp(device):
     """norm2 + MLP as in a transformer block, under bf16 autocast: LayerNorm + plain GR-KAN keeps one
     bf16 (..., C) tensor more than LayerNorm + timm's Mlp; with norm2 and act1 fused (NormAct1) it
     keeps no more than ViT's pair (the fused backward recomputes LayerNorm's output from x)."""
-    from kat.layers import NormAct1
     c = 192
     x = torch.randn(8, 197, c, device=device, requires_grad=True)
     vit = _saved_bytes(torch.nn.Sequential(torch.nn.LayerNorm(c), Mlp(c, 4 * c)).to(device), x)
     plain = _saved_bytes(torch.nn.Sequential(torch.nn.LayerNorm(c), GRKAN(c, 4 * c, impl="triton")).to(device), x)
     grkan = GRKAN(c, 4 * c, impl="triton").to(device)
-    fused = _saved_bytes(torch.nn.Sequential(NormAct1(torch.nn.LayerNorm(c).to(device), grkan), grkan), x)
+    grkan.apply_act1 = False
+    fused = _saved_bytes(torch.nn.Sequential(NormAct1(torch.nn.LayerNorm(c).to(device), grkan.act1), grkan), x)
     assert plain == vit + 8 * 197 * c * 2
     assert fused <= vit
 
 
 # ---------------------------------------------------------------------------------------------
-# The whole GR-KAN MLP as one autograd node (GRKAN's eager fast path, kat.fused.MLPPlan)
+# The whole GR-KAN MLP as one autograd node (GRKAN's eager fast path, kat.ops.grkan_mlp)
+
+def _modules_only(mp):
+    """GRKAN runs module by module: the one-node op declines every call (as it does under
+    torch.compile or on the reference)."""
+    mp.setattr(kat.layers, "grkan_mlp", lambda *args, **kwargs: None)
+
 
 def _run_mlp(module, x0, fused, autocast, go_seed=1):
     """Output and the gradients of x and of every parameter, with the fast path on or off."""
-    import kat.fused as fz
-    old = fz.FUSED_MLP
-    fz.FUSED_MLP = fused
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        if not fused:
+            _modules_only(mp)
         module.zero_grad(set_to_none=True)
         x = x0.clone().requires_grad_()
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             out = module(x)
         go = torch.randn(out.shape, generator=torch.Generator().manual_seed(go_seed)).to(out.device, out.dtype)
         out.backward(go)
-    finally:
-        fz.FUSED_MLP = old
     names = [n for n, p in module.named_parameters() if p.grad is not None]
     return out, type(out.grad_fn).__name__, [x.grad] + [p.grad for p in module.parameters() if p.grad is not None], names
 
@@ -155,7 +160,7 @@ def _perturbed_grkan(device, **kw):
 @pytest.mark.parametrize("variant", ["plain", "no_bias", "per_group_numerator", "recompute_act1"])
 def test_one_node_mlp_matches_module_by_module(variant, autocast, device):
     """GRKAN's fast path (one autograd node for act1, fc1, act2, fc2) against the same module run
-    module by module (kat.fused.FUSED_MLP off): output, input gradient and every parameter's
+    module by module: output, input gradient and every parameter's
     gradient, fp32 and under bf16 autocast."""
     kw = {"no_bias": dict(bias=False), "per_group_numerator": dict(shared_numerator=False),
           "recompute_act1": dict(recompute_act1=True)}.get(variant, {})
@@ -177,9 +182,9 @@ def test_one_node_mlp_matches_module_by_module(variant, autocast, device):
 def test_one_node_mlp_after_fused_norm_act1(device):
     """With act1 applied by norm2 (NormAct1) the node covers fc1, act2, fc2: same results as the
     modules, and act1's coefficients still get their gradients (through norm2's kernel)."""
-    from kat.layers import NormAct1
     m = _perturbed_grkan(device)
-    block = torch.nn.Sequential(NormAct1(torch.nn.LayerNorm(48).to(device), m), m)
+    m.apply_act1 = False
+    block = torch.nn.Sequential(NormAct1(torch.nn.LayerNorm(48).to(device), m.act1), m)
     x0 = torch.randn(3, 5, 48, device=device)
     (out_f, node_f, grads_f, names_f), (out_u, node_u, grads_u, names_u) = (
         _run_mlp(block, x0, on, False) for on in (True, False))
@@ -194,15 +199,12 @@ def test_one_node_mlp_inference_frozen_and_fallbacks(device):
     """No grad: the plans run without a node and give the modules' output. Frozen coefficients: no
     gradient for them, the others as before. Dropout while training, a norm inside the MLP, a
     non-contiguous input and the PyTorch reference all take the module-by-module path."""
-    import kat.fused as fz
     m = _perturbed_grkan(device)
     x = torch.randn(2, 3, 48, device=device)
     with torch.no_grad():
-        fz.FUSED_MLP = False
-        try:
+        with pytest.MonkeyPatch.context() as mp:
+            _modules_only(mp)
             want = m(x)
-        finally:
-            fz.FUSED_MLP = True
         got = m(x)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     m.act1.requires_grad_(False)
@@ -237,14 +239,12 @@ def test_one_node_mlp_in_a_kat_model(device):
         block.mlp.register_forward_hook(lambda mod, args, out: nodes.append(type(out.grad_fn).__name__))
     results = []
     for on in (True, False):
-        import kat.fused as fz
-        fz.FUSED_MLP = on
-        try:
+        with pytest.MonkeyPatch.context() as mp:
+            if not on:
+                _modules_only(mp)
             model.zero_grad(set_to_none=True)
             loss = model(x).square().mean()
             loss.backward()
-        finally:
-            fz.FUSED_MLP = True
         results.append((loss.detach(), [(n, p.grad.clone()) for n, p in model.named_parameters()]))
     (loss_f, grads_f), (loss_u, grads_u) = results
     assert nodes[:2] == ["GRKANFunctionBackward"] * 2 and "GRKANFunctionBackward" not in nodes[2:]
