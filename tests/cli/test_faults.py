@@ -19,7 +19,7 @@ def test_kill_during_checkpoint_write_keeps_last_good_checkpoint(tmp_path):
     # Saves per epoch: last.pth, then model_best.pth if the accuracy improved. The 3rd save is
     # epoch 1's last.pth (epoch 0 saved last + best): die half-way through writing it.
     killed = subprocess.run([sys.executable, "-m", "kat.cli.train", *QUICK, "--output", str(out)],
-                            env=dict(_env(), KAT_TEST_KILL_IN_SAVE="3"), capture_output=True, text=True, timeout=300)
+                            env=_env("save:3"), capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     partial = list(out.glob(".last.pth.tmp-*"))
     assert len(partial) == 1 and partial[0].stat().st_size > 0  # the interrupted write, under a temp name
@@ -33,7 +33,7 @@ def test_kill_during_checkpoint_write_keeps_last_good_checkpoint(tmp_path):
 
 def test_dying_rank_stops_every_rank(tmp_path):
     """Rank 1 is SIGKILLed after its 2nd step: torchrun must exit non-zero, rank 0 must not hang."""
-    env = dict(_env(), KAT_TEST_KILL_RANK="1:2")
+    env = _env("rank:1:2")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "kat.cli.train", "--device", "cpu", "--output", str(tmp_path / "out"), *TINY,
            "--epochs", "2", "--batch-size", "8", "--dist-timeout", "60"]

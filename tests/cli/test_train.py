@@ -17,9 +17,13 @@ FAST = ["--epochs", "15", "--no-augment", "--drop-path", "0", "--warmup-epochs",
 TINY = ["--model-kwargs", "{patch_size: 2, embed_dim: 32, depth: 2, num_heads: 2}", "--log-interval", "1"]
 
 
-def _env():
+def _env(fault: str = ""):
+    """A child process's environment; ``fault``: a KAT_TEST_FAULT spec (tests/cli/faults)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("TRITON_INTERPRET", None)
+    if fault:
+        env["KAT_TEST_FAULT"] = fault
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent / "faults"), env.get("PYTHONPATH", "")])
     return env
 
 
@@ -79,7 +83,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     subprocess.run([sys.executable, "-m", "kat.cli.train", *args, "--output", str(full)], check=True,
                    env=_env(), capture_output=True)
     killed = subprocess.run([sys.executable, "-m", "kat.cli.train", *args, "--output", str(cut)],
-                            env=dict(_env(), KAT_TEST_KILL_AFTER_EPOCH="1"), capture_output=True)
+                            env=_env("epoch:1"), capture_output=True)
     assert killed.returncode == -9  # SIGKILL, not a clean exit
     assert load_checkpoint_file(cut / "last.pth")["epoch"] == 1
     resumed = subprocess.run([sys.executable, "-m", "kat.cli.train", *args, "--output", str(cut),

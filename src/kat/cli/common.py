@@ -123,14 +123,6 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
-        if _kill_now():  # test hook: die half-way through the write (see _kill_now)
-            import io
-            import signal
-            buf = io.BytesIO()
-            torch.save(obj, buf)
-            f.write(buf.getvalue()[: buf.tell() // 2])
-            f.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
@@ -147,15 +139,6 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     except OSError:
         pass
     return path
-
-
-_SAVES = [0]
-
-
-def _kill_now() -> bool:
-    """Test hook: KAT_TEST_KILL_IN_SAVE=k SIGKILLs the process during its k-th checkpoint write."""
-    _SAVES[0] += 1
-    return os.environ.get("KAT_TEST_KILL_IN_SAVE") == str(_SAVES[0])
 
 
 def load_checkpoint_file(path: str | Path) -> dict:

@@ -25,7 +25,7 @@ import torch
 from .common import (DistInfo, amp_dtype, build_eval_data, create_model, dump_json, eval_loader, evaluate,
                      load_checkpoint_file, model_weights, parse_kwargs, parse_with_config, save_atomic,
                      setup_distributed, synthetic_from_args)
-from .train_utils import (_fault_injection, _fmt_time, _plain, _raise_if_nonfinite, _rank_fault, _tensorboard,
+from .train_utils import (_fmt_time, _plain, _raise_if_nonfinite, _tensorboard,
                           _write_csv, all_mean, optimizer_kwargs)
 
 _log = logging.getLogger("kat")
@@ -293,7 +293,6 @@ def main(argv=None) -> int:
             if ema is not None:
                 ema.update(model, step=step)
             step += 1
-            _rank_fault(d.rank, step)
             scheduler.step_update(num_updates=step)
             if first_loss is None:
                 first_loss = all_mean(loss.item(), 1.0, d)  # mean over ranks = the global batch's loss
@@ -342,7 +341,6 @@ def main(argv=None) -> int:
                 save_atomic(ck, out / "last.pth")
                 if is_best:
                     save_atomic(ck, out / "model_best.pth")
-                _fault_injection(epoch)
         if args.max_steps and step >= args.max_steps:
             break
     if d.is_main:

@@ -1,5 +1,5 @@
 """kat-train's small helpers: running means over ranks, the epoch CSV, TensorBoard, checkpoint
-metadata as primitives, optimizer extras, the test hooks that kill a process at a given point."""
+metadata as primitives, optimizer extras."""
 from __future__ import annotations
 
 import csv
@@ -12,22 +12,6 @@ import torch
 from .common import DistInfo, all_reduce_sum
 
 _log = logging.getLogger("kat")
-
-
-def _rank_fault(rank: int, step: int) -> None:
-    """Test hook: KAT_TEST_KILL_RANK="r:s" SIGKILLs rank r after its step s (a dying DDP worker)."""
-    import os
-    import signal
-    if os.environ.get("KAT_TEST_KILL_RANK") == f"{rank}:{step}":
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _fault_injection(epoch: int) -> None:
-    """Test hook: KAT_TEST_KILL_AFTER_EPOCH=k SIGKILLs the process right after epoch k's checkpoint."""
-    import os
-    import signal
-    if os.environ.get("KAT_TEST_KILL_AFTER_EPOCH") == str(epoch):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _raise_if_nonfinite(bad_step: torch.Tensor, bad_loss: torch.Tensor, epoch: int) -> None:
