@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _results_module():
-    spec = importlib.util.spec_from_file_location("fashion_results", ROOT / "scripts" / "fashion_results.py")
+    spec = importlib.util.spec_from_file_location("fashion_results", ROOT / "benchmarks" / "fashion_mnist_results.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -1,9 +1,9 @@
 """Tables and plots for RESULTS.md from the committed Fashion-MNIST run logs.
 
-    python scripts/fashion_results.py            # prints the markdown tables, writes docs/*.png
+    python benchmarks/fashion_mnist_results.py            # prints the markdown tables, writes docs/*.png
 
 Reads results/fashion_mnist/epochs<E>/<variant>_s<seed>/{result.json,summary.csv,rationals.pt}
-(made by scripts/fashion_runs.sh on the GPU) and the configs in configs/. Also checks that the ViT and
+(made by benchmarks/fashion_mnist_runs.sh on the GPU) and the configs in configs/. Also checks that the ViT and
 the KATs differ in parameters by exactly the rational coefficients.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call: real-GPU tests, then the op benchmark. Usage (device tool): bash scripts/gpu_check.sh
+# One device call: real-GPU tests, then the op benchmark. Usage (device tool): bash tools/gpu_check.sh
 # Results land in $OUT (or ./gpu_out when OUT is unset).
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Fashion-MNIST comparison of RESULTS.md: ViT vs KAT (three initialisations), several seeds, all
 # runs at once on one GPU (each is small and host-bound). Usage on the device machine:
-#   SEEDS="0 1" bash scripts/fashion_runs.sh
+#   SEEDS="0 1" bash benchmarks/fashion_mnist_runs.sh
 # Needs the four Fashion-MNIST idx files in $FMNIST_DIR (default .data/fashion-mnist, carried there) or
 # Debian's /usr/share/datasets/fashion-mnist. Results (CSV logs, result.json, logs, the learned
 # rationals of each KAT run) are packed into $OUT/fmnist_runs.tar.gz.

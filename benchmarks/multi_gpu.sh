@@ -2,7 +2,7 @@
 # Data-parallel scaling of kat-train on one host (BENCHMARKS.md, "Multi-GPU"): KAT-S on synthetic
 # 224x224 images, bf16 autocast, 128 images per GPU, 1 GPU vs N GPUs through torchrun + NCCL, and
 # the step-1 loss of N x 128 against one GPU running the same global batch. Usage on the device:
-#   NGPU=2 REPEAT=2 bash scripts/multi_gpu.sh   (logs and result.json files packed into $OUT)
+#   NGPU=2 REPEAT=2 bash benchmarks/multi_gpu.sh   (logs and result.json files packed into $OUT)
 #   EXTRA=--synthetic-on-device ...             (batches indexed on the GPU: no host data pipeline)
 #   EXTRA="--synthetic-on-device --ddp-static-graph --ddp-bucket-mb 100" INDEPENDENT=1 ...
 #   LAST_GPU=1 ...                              (the 1-GPU run also on the last GPU, per pair)
@@ -26,7 +26,7 @@ run() {  # name nproc batch epochs extra...
 python3 -c "import torch, triton, timm; print('OMP_NUM_THREADS', torch.get_num_threads(), 'torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__, 'gpus', torch.cuda.device_count())" | tee "$W/versions.txt"
 # The gradient all-reduce alone (KAT-S's 88 MB, whole and in DDP-sized buckets): what the step
 # would lose if nothing overlapped it
-timeout 120 python3 -m torch.distributed.run --standalone --nproc_per_node="$NGPU" scripts/allreduce_bench.py \
+timeout 120 python3 -m torch.distributed.run --standalone --nproc_per_node="$NGPU" benchmarks/allreduce.py \
   --json "$W/allreduce.json" > "$W/allreduce.log" 2>&1; grep -E "ranks|ms," "$W/allreduce.log" | tee "$OUT/allreduce.txt"
 # REPEAT pairs, 1 GPU and N GPUs alternately: the VM's host speed drifts between machines and runs,
 # and both models are partly host-bound, so each pair is compared within itself

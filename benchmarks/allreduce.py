@@ -5,7 +5,7 @@ over NCCL on GPUs (gloo on CPUs), and rank 0 prints the time and the bus bandwid
 (2 (n-1)/n x bytes / time, NCCL's convention). Part of the multi-GPU efficiency question:
 is the time a 2-GPU step loses in the all-reduce, or elsewhere (host, DDP's reducer)?
 
-    torchrun --standalone --nproc_per_node=2 scripts/allreduce_bench.py [--model kat_small_patch16_224]
+    torchrun --standalone --nproc_per_node=2 benchmarks/allreduce.py [--model kat_small_patch16_224]
 """
 from __future__ import annotations
 
