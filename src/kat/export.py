@@ -10,26 +10,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from .layers import GroupRational, set_rational_impl
+from .layers import reference_impl
 
 __all__ = ["reference_impl", "export_onnx", "export_program"]
-
-
-@contextlib.contextmanager
-def reference_impl(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, every GroupRational of ``model`` runs the PyTorch reference."""
-    layers = [m for m in model.modules() if isinstance(m, GroupRational)]
-    saved = [m.impl for m in layers]
-    try:
-        yield set_rational_impl(model, "torch")
-    finally:
-        for m, impl in zip(layers, saved):
-            m.impl = impl
 
 
 def _example(model: nn.Module, input_size: Sequence[int], batch_size: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .layers import GroupRational
+from .layers import GroupRational, reference_impl
 
 __all__ = ["FlopsReport", "flops_report", "rational_flops_per_element"]
 
@@ -79,7 +79,7 @@ def flops_report(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), ba
     was_training = model.training
     try:
         model.eval()
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False) as counter, reference_impl(model):
             model(x)
     finally:
         model.train(was_training)

@@ -7,9 +7,10 @@ the official KAT code (``act1``/``act2`` with ``weight_numerator (1, 6)`` and
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ from .ops.grkan_mlp import grkan_mlp, rational_linear
 from .ops.layernorm_rational import layernorm_rational
 from .rational_init import InitSpec, init_coefficients, resolve_init, variance_gain
 
-__all__ = ["GroupRational", "GroupRational2d", "GRKAN", "NormAct1", "set_rational_impl"]
+__all__ = ["GroupRational", "GroupRational2d", "GRKAN", "NormAct1", "set_rational_impl", "reference_impl"]
 
 
 class GroupRational(nn.Module):
@@ -253,3 +254,16 @@ def set_rational_impl(model: nn.Module, impl: str) -> nn.Module:
         if isinstance(m, GroupRational):
             m.impl = impl
     return model
+
+
+@contextlib.contextmanager
+def reference_impl(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every GroupRational of ``model`` runs the PyTorch reference (module by
+    module, so hooks on the rationals see every call)."""
+    layers = [m for m in model.modules() if isinstance(m, GroupRational)]
+    saved = [m.impl for m in layers]
+    try:
+        yield set_rational_impl(model, "torch")
+    finally:
+        for m, impl in zip(layers, saved):
+            m.impl = impl

@@ -7,6 +7,8 @@ transposes, autocast's casts) into the autograd graph, and each costs host time 
 backward; eager KAT-T/S training is bound by that host time. Here the MLP is one node: forward
 runs the rationals' kernel plans and two matmuls, backward the linears' backward by hand between
 the rationals' backward kernels. Same kernels, same matmuls, same saved tensors as the modules.
+On the CPU (``impl="auto"``) the rationals in the node are ``cpu.CPURational``: the reference's
+formula evaluated in cache-sized blocks with a hand-written backward.
 
 ``rational_linear``: autograd would keep both the rational's input and its output (fc1's weight
 gradient needs it) where ViT keeps one tensor; this keeps only the input and recomputes.
@@ -20,10 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from ..group_rational import group_rational, plan_for, resolve
+from .cpu import CPURational
 
 __all__ = ["grkan_mlp", "rational_linear"]
 
 _PLANS: dict = {}  # key (see grkan_mlp) -> _MLPPlan, or False where the one-node path does not apply
+_CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def grkan_mlp(x: torch.Tensor, a1: Optional[torch.Tensor], b1: Optional[torch.Tensor], w1: torch.Tensor,
@@ -31,8 +35,9 @@ def grkan_mlp(x: torch.Tensor, a1: Optional[torch.Tensor], b1: Optional[torch.Te
               c2: Optional[torch.Tensor], *, impl: str = "auto", recompute_act1: bool = False
               ) -> Optional[torch.Tensor]:
     """``fc2(act2(fc1(act1(x))))`` as one autograd node, or None where that path does not apply
-    (the caller then runs the modules): under torch.compile, where a rational runs on the PyTorch
-    reference (e.g. on the CPU), for non-contiguous inputs or parameters that do not chain.
+    (the caller then runs the modules): under torch.compile, where a rational is asked to run on
+    the PyTorch reference (``impl="torch"``, or a GPU call the kernels do not take), for
+    non-contiguous inputs or parameters that do not chain.
     a/b: a rational's numerator and denominator (a1 = b1 = None: act1 was applied before);
     w/c: a linear's weight and bias (either bias may be None). Under autocast, x and the weights
     are cast to the autocast dtype as the unfused modules cast them."""
@@ -57,7 +62,7 @@ def grkan_mlp(x: torch.Tensor, a1: Optional[torch.Tensor], b1: Optional[torch.Te
 
 def _new_plan(x, dtype, a1, b1, w1, c1, a2, b2, w2, c2, impl, recompute):
     """An :class:`_MLPPlan` for calls like this one under autocast to ``dtype`` (None: off), or False:
-    a rational not on the kernels, inputs the unfused MLP would not cast to the compute dtype,
+    a rational neither on the kernels nor on ``CPURational`` (CPU, ``impl="auto"``), inputs the unfused MLP would not cast to the compute dtype,
     parameters of another dtype than the computation without autocast (the modules then raise as
     PyTorch does), shapes that do not chain (F.linear then raises)."""
     params = [t for t in (w1, c1, w2, c2) if t is not None]
@@ -82,12 +87,16 @@ def _new_plan(x, dtype, a1, b1, w1, c1, a2, b2, w2, c2, impl, recompute):
             continue
         probe = torch.empty((rows, width), dtype=dtype, device=x.device)
         try:
-            if resolve(probe, a, b, impl)[1] != "triton":  # the rational's own checks and choice
-                return False
+            chosen = resolve(probe, a, b, impl)[1]  # the rational's own checks and choice
         except (TypeError, ValueError):
             return False  # the modules raise the rational's own error
-        with torch.no_grad():
-            plans.append(plan_for(probe.normal_(), a.detach(), b.detach(), 1))
+        if chosen == "triton":
+            with torch.no_grad():
+                plans.append(plan_for(probe.normal_(), a.detach(), b.detach(), 1))
+        elif impl == "auto" and x.device.type == "cpu" and a.shape[1] >= 2 and dtype in _CPU_DTYPES:
+            plans.append(CPURational(width, b.shape[0], a.shape[0] == 1))
+        else:
+            return False
     return _MLPPlan(plans[0], plans[1], dtype, x.shape, w2.shape[0], recompute and plans[0] is not None)
 
 
