@@ -142,7 +142,8 @@ class GRKAN(nn.Module):
     ``linear_init`` picks what ``init_weights()`` (called by timm's model init) does to fc1/fc2:
     "variance" draws w ~ N(0, alpha / fan_in) with alpha the gain of the rational before the layer
     (the KAT paper's variance-preserving init); "trunc_normal" keeps timm's std 0.02, which is what
-    the official code ended up using (its gain init was overwritten).
+    the official code ended up using (its gain init was overwritten). ``skip_init=True`` leaves that
+    to a later ``init_weights()`` call (timm's model init makes one), so the weights are drawn once.
     """
 
     def __init__(self, in_features: int, hidden_features: Optional[int] = None,
@@ -150,7 +151,7 @@ class GRKAN(nn.Module):
                  drop=0.0, use_conv: bool = False, act_init: InitSpec = "swish",
                  act1_init: InitSpec = "identity", groups: int = 8, order: tuple[int, int] = (5, 4),
                  shared_numerator: bool = True, linear_init: str = "variance", impl: str = "auto",
-                 recompute_act1: bool = False, device=None, dtype=None):
+                 recompute_act1: bool = False, skip_init: bool = False, device=None, dtype=None):
         super().__init__()
         if use_conv:
             raise ValueError("GRKAN: use_conv=True is not supported; use channels-last tensors")
@@ -172,7 +173,8 @@ class GRKAN(nn.Module):
         self.act2 = GroupRational(hidden_features, init=act_init, **rational)
         self.fc2 = nn.Linear(hidden_features, out_features, bias=bias[1], **factory)
         self.drop2 = nn.Dropout(drop[1])
-        self.init_weights()
+        if not skip_init:  # a model that calls init_weights() itself passes skip_init (one draw, not two)
+            self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:

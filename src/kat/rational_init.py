@@ -173,7 +173,12 @@ def _gain(fn: Callable[[torch.Tensor], torch.Tensor], nodes: int = 96) -> float:
 
 def variance_gain(numerator, denominator) -> float:
     """alpha = 1 / E[F(x)^2] for the rational with these coefficients, x ~ N(0, 1)."""
-    return _gain(lambda x: rational_function(x, numerator, denominator))
+    return _rational_gain(tuple(map(float, numerator)), tuple(map(float, denominator)))
+
+
+@functools.lru_cache(maxsize=256)  # every GR-KAN of a model asks for the same few coefficient sets
+def _rational_gain(numerator: tuple, denominator: tuple) -> float:
+    return _gain(lambda x: rational_function(x, list(numerator), list(denominator)))
 
 
 def activation_gain(init: InitSpec) -> float:

@@ -202,14 +202,48 @@ def test_features_only_and_intermediates():
     assert final.shape == (2, 197, 192) and [tuple(t.shape) for t in inter] == [(2, 192, 14, 14)] * 2
 
 
+def _qk_stats(wq: torch.Tensor, wk: torch.Tensor) -> torch.Tensor:
+    """What a head's mimetic init promises: W_q^T W_k has a large positive diagonal (beta * I) over a
+    small random rest (alpha * U), shared evenly by both factors."""
+    qk = wq.t() @ wk
+    diag = qk.diagonal()
+    return torch.stack([diag.mean(), (qk - torch.diag(diag)).std(), wq.norm(), wk.norm()])
+
+
+def _fresh_heads(dim, hd, count, alpha=0.7, beta=0.7, seed=0):
+    """The construction from its definition: one fresh A = alpha*U + beta*I and one exact SVD per head."""
+    g = torch.Generator().manual_seed(seed)
+    bound = (3.0 / dim) ** 0.5
+    for _ in range(count):
+        a = (torch.rand(dim, dim, generator=g, dtype=torch.float64) * 2 - 1) * bound * alpha + beta * torch.eye(dim)
+        u, s, vh = torch.linalg.svd(a)
+        yield (u[:, :hd] * s[:hd].sqrt()).t(), s[:hd].sqrt()[:, None] * vh[:hd]
+
+
 def test_mimetic_attention_init():
-    """Each head's W_q^T W_k is close to alpha*U + beta*I: its diagonal is clearly positive."""
+    """Every head and block: the statistics of the definition (one fresh draw and SVD per head), factors
+    of equal singular values, distinct heads; the value/output pair reproduces alpha*U - beta*I."""
+    d, heads, hd = 192, 3, 64
     model = timm.create_model("kat_tiny_patch16_224")
-    attn = model.blocks[0].attn
-    d, hd = 192, 64
-    w = attn.qkv.weight.detach()
-    qk = w[:hd].t() @ w[d:d + hd]  # (d, d), rank hd
-    assert qk.diagonal().mean() > 5 * qk.fill_diagonal_(0).abs().mean()
+    stats, qs = [], []
+    for block in model.blocks:
+        w = block.attn.qkv.weight.detach().double()
+        for h in range(heads):
+            wq, wk = w[h * hd:(h + 1) * hd], w[d + h * hd:d + (h + 1) * hd]
+            stats.append(_qk_stats(wq, wk))
+            qs.append(wq)
+            sq, sk = torch.linalg.svdvals(wq), torch.linalg.svdvals(wk)
+            assert torch.allclose(sq, sk, rtol=1e-4, atol=1e-6)  # split evenly
+        wv, wo = w[2 * d:], block.attn.proj.weight.detach().double()
+        vo = wv @ wo + 0.4 * torch.eye(d)  # the alpha*U part, U ~ uniform(+-sqrt(3/d))
+        bound = 0.4 * (3.0 / d) ** 0.5
+        assert vo.abs().max() <= bound * (1 + 1e-4)
+        assert vo.var().item() == pytest.approx(bound ** 2 / 3, rel=0.05)
+    ours = torch.stack(stats).mean(0)
+    ref = torch.stack([_qk_stats(q, k) for q, k in _fresh_heads(d, hd, 36)]).mean(0)
+    assert torch.allclose(ours, ref, rtol=0.03), (ours, ref)
+    assert ours[0] > 5 * ours[1]  # attention starts near the identity
+    assert all(not torch.allclose(a, b) for i, a in enumerate(qs) for b in qs[i + 1:])
     timm_init = timm.create_model("kat_tiny_patch16_224", attn_init="timm").blocks[0].attn.qkv.weight
     assert timm_init.std().item() == pytest.approx(0.02, rel=0.1)
 
@@ -223,8 +257,7 @@ def test_model_file_is_small_and_uses_public_timm_api():
 
 def test_weights_loaded_at_creation_skip_the_mimetic_svds(golden_dir, tmp_path, monkeypatch):
     """pretrained=True and from_vit replace every attention weight, so building them must not pay
-    for the mimetic init's SVDs (KAT-B: 156 of them, seconds on a small CPU); a fresh model still
-    gets it."""
+    for the mimetic init's SVDs; a fresh model still gets it."""
     ckpt, inp, out = _golden(golden_dir)
     path = tmp_path / "ckpt.pth"
     torch.save(ckpt, path)
@@ -238,4 +271,4 @@ def test_weights_loaded_at_creation_skip_the_mimetic_svds(golden_dir, tmp_path, 
     kat.from_vit(vit)
     assert calls == []
     timm.create_model("kat_tiny_patch16_224")
-    assert len(calls) == 12 * (3 + 1)  # 12 blocks x (3 heads + the value/output pair)
+    assert len(calls) == 2  # one per kind (query/key, value/output); heads and blocks permute them

@@ -46,38 +46,63 @@ _TOP1 = {("tiny", "in1k"): 74.6, ("tiny", "vitft"): 75.7, ("small", "in1k"): 81.
 
 
 @torch.no_grad()
-def _ortho_like(dim: int, alpha: float, beta: float, sign: float, generator=None):
-    """Split A = alpha * U(-sqrt(3/dim), sqrt(3/dim)) + sign * beta * I into L @ R with L = U sqrt(S),
-    R = sqrt(S) V^T, so that L @ R reproduces A (the mimetic-init construction)."""
-    # float32: the factors are rounded to the (fp32) weights anyway, and fp32 halves the SVD's time
-    # (KAT-B: 156 SVDs of 768 x 768 when its model is built)
+def _ortho_like(dim: int, alpha: float, beta: float, sign: float, rank: int, generator=None):
+    """Factors L (dim, rank), R (rank, dim) whose product is the best rank-``rank`` approximation of
+    A = alpha * U(-sqrt(3/dim), sqrt(3/dim)) + sign * beta * I, split evenly: L = U sqrt(S),
+    R = sqrt(S) V^T (the mimetic-init construction; rank = dim reproduces A)."""
     bound = math.sqrt(3.0 / dim)
     a = (torch.rand(dim, dim, generator=generator) * 2 - 1) * bound * alpha
     a += sign * beta * torch.eye(dim)
-    u, s, vh = torch.linalg.svd(a)
-    root = s.sqrt()
-    return u * root, root[:, None] * vh
+    u, s, vh = torch.linalg.svd(a)  # float32: the factors are rounded to fp32 weights anyway
+    root = s[:rank].sqrt()
+    return u[:, :rank] * root, root[:, None] * vh[:rank]
+
+
+def _signed_permutation(left: torch.Tensor, right: torch.Tensor, generator=None):
+    """(D P L Pi E, E Pi^T R P^T D) for random permutations P (outer), Pi (inner) and random signs D,
+    E: the product becomes D P (L R) P^T D. Conjugating A by a signed permutation keeps its law (iid
+    symmetric entries stay iid, the identity stays the identity) and commutes with the best rank-k
+    approximation, so each draw is distributed exactly like the factors of a fresh A, at the cost of
+    indexing instead of an SVD."""
+    dim, rank = left.shape
+    p, q = torch.randperm(dim, generator=generator), torch.randperm(rank, generator=generator)
+    d = torch.randint(0, 2, (dim, 1), generator=generator).mul_(2).sub_(1).to(left.dtype)
+    e = torch.randint(0, 2, (1, rank), generator=generator).mul_(2).sub_(1).to(left.dtype)
+    return (left.index_select(0, p).index_select(1, q).mul_(d).mul_(e),
+            right.index_select(0, q).index_select(1, p).mul_(e.t()).mul_(d.t()))
 
 
 @torch.no_grad()
 def mimetic_init_(model: torch.nn.Module, qk=(0.7, 0.7), vo=(0.4, 0.4), generator=None) -> None:
     """Mimetic attention init (Trockman & Kolter, 2023) as KAT uses it: for every attention layer,
-    each head's W_q^T W_k approximates alpha*U + beta*I and W_proj W_v relates to alpha*U - beta*I."""
+    each head's W_q^T W_k is the best rank-head_dim approximation of alpha*U + beta*I (U uniform,
+    variance 1/dim) and W_proj W_v equals alpha*U - beta*I, each split evenly between the two factors.
+
+    One SVD per kind and width, not one per head: every head and layer gets a random signed
+    permutation of it, distributed exactly as a fresh draw (``_signed_permutation``); heads then
+    share singular values, where fresh draws would differ by sampling noise. KAT-B: 2 SVDs instead
+    of 156 (seconds on a CPU). Weights on the meta device are left alone."""
+    base: dict = {}
     for module in model.modules():
         qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
         heads = getattr(module, "num_heads", None)
         if not isinstance(qkv, torch.nn.Linear) or not isinstance(proj, torch.nn.Linear) or not heads:
             continue
         dim = qkv.in_features
-        if qkv.out_features != 3 * dim or proj.in_features != dim or proj.out_features != dim:
+        if qkv.out_features != 3 * dim or proj.in_features != dim or proj.out_features != dim \
+                or qkv.weight.is_meta:
             continue
         hd = dim // heads
+        if (dim, hd) not in base:
+            base[dim, hd] = (_ortho_like(dim, qk[0], qk[1], 1.0, hd, generator),
+                             _ortho_like(dim, vo[0], vo[1], -1.0, dim, generator))
+        qk_base, vo_base = base[dim, hd]
         w = qkv.weight
         for h in range(heads):
-            left, right = _ortho_like(dim, qk[0], qk[1], 1.0, generator)
-            w[h * hd:(h + 1) * hd].copy_(left[:, :hd].t())
-            w[dim + h * hd:dim + (h + 1) * hd].copy_(right[:hd])
-        left, right = _ortho_like(dim, vo[0], vo[1], -1.0, generator)
+            left, right = _signed_permutation(*qk_base, generator)
+            w[h * hd:(h + 1) * hd].copy_(left.t())
+            w[dim + h * hd:dim + (h + 1) * hd].copy_(right)
+        left, right = _signed_permutation(*vo_base, generator)
         w[2 * dim:].copy_(left)
         proj.weight.copy_(right)
 
@@ -113,7 +138,8 @@ class KAT(VisionTransformer):
         self.attn_init = attn_init
         mlp_layer = partial(GRKAN, act_init=act_init, act1_init=act1_init, groups=rational_groups,
                             order=tuple(rational_order), shared_numerator=shared_numerator,
-                            linear_init=mlp_init, impl=rational_impl, recompute_act1=recompute_act1)
+                            linear_init=mlp_init, impl=rational_impl, recompute_act1=recompute_act1,
+                            skip_init=kwargs.get("weight_init", "") != "skip")  # init_weights() runs after
         super().__init__(mlp_layer=mlp_layer, **kwargs)
         if fuse_norm_act1:
             if recompute_act1:
