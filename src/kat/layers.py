@@ -16,11 +16,37 @@ import torch
 from torch import nn
 
 from .ops.group_rational import IMPLS, MAX_ORDER, group_rational
-from .ops.grkan_mlp import grkan_mlp, rational_linear
+from .ops.grkan_mlp import autocast_dtype, grkan_mlp, rational_linear
 from .ops.layernorm_rational import layernorm_rational
 from .rational_init import InitSpec, init_coefficients, resolve_init, variance_gain
 
 __all__ = ["GroupRational", "GroupRational2d", "GRKAN", "NormAct1", "set_rational_impl", "reference_impl"]
+
+
+# torch.fx: the functions below look at their inputs' values, dtypes and the autocast state, which a
+# symbolic trace cannot see; wrapped, each is one call node in a traced graph and runs eagerly there.
+def _checked_rational(x, numerator, denominator, impl: str, channel_dim: int, num_features: int,
+                      name: str):
+    if x.dim() == 0 or not -x.dim() <= channel_dim < x.dim() or x.shape[channel_dim] != num_features:
+        raise ValueError(f"{name}: expected {num_features} channels on dim {channel_dim}, got input of "
+                         f"shape {tuple(x.shape)}")
+    return group_rational(x, numerator, denominator, impl=impl, channel_dim=channel_dim)
+
+
+def _compute_dtype_input(x):
+    """x cast to the autocast dtype where autocast is on and x is fp32 (what fc1 would do anyway:
+    casting act1's input instead lets act1 save a half-size input and write a half-size output)."""
+    dt = autocast_dtype(x.device.type) if x.dtype == torch.float32 else None
+    return x if dt is None else x.to(dt)
+
+
+def _norm_act1(x, weight, bias, eps: float, numerator, denominator, impl: str):
+    dt = autocast_dtype(x.device.type) if x.dtype == torch.float32 else None
+    return layernorm_rational(x, weight, bias, eps, numerator, denominator, out_dtype=dt or x.dtype, impl=impl)
+
+
+for _fn in ("_checked_rational", "_compute_dtype_input", "_norm_act1", "rational_linear"):
+    torch.fx.wrap(_fn)
 
 
 class GroupRational(nn.Module):
@@ -71,12 +97,8 @@ class GroupRational(nn.Module):
         return variance_gain(*self._init_coefficients)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 0 or not -x.dim() <= self.channel_dim < x.dim() \
-                or x.shape[self.channel_dim] != self.num_features:
-            raise ValueError(f"{type(self).__name__}: expected {self.num_features} channels on dim "
-                             f"{self.channel_dim}, got input of shape {tuple(x.shape)}")
-        return group_rational(x, self.weight_numerator, self.weight_denominator,
-                              impl=self.impl, channel_dim=self.channel_dim)
+        return _checked_rational(x, self.weight_numerator, self.weight_denominator, self.impl,
+                                 self.channel_dim, self.num_features, type(self).__name__)
 
     @torch.no_grad()
     def function_on_grid(self, lo: float = -3.0, hi: float = 3.0, points: int = 601):
@@ -206,11 +228,7 @@ class GRKAN(nn.Module):
         if not self.apply_act1:  # x is already act1's output (NormAct1)
             x = self.drop2(self.act2(self.fc1(self.drop1(x))))
             return self.fc2(self.norm(x))
-        dev = x.device.type
-        if x.dtype == torch.float32 and torch.is_autocast_enabled(dev):
-            # fc1 would cast act1's output to the autocast dtype anyway; casting act1's input instead
-            # lets act1 save a half-size input, write a half-size output, and fc1 skip its cast.
-            x = x.to(torch.get_autocast_dtype(dev))
+        x = _compute_dtype_input(x)
         if self.recompute_act1 and not (self.training and self.drop1.p > 0):
             x = rational_linear(x, self.act1.weight_numerator, self.act1.weight_denominator, self.fc1.weight,
                                 self.fc1.bias, impl=self.act1.impl)
@@ -241,11 +259,9 @@ class NormAct1(nn.LayerNorm):
         self.__dict__["_act"] = act  # a reference, not a submodule: no second copy of its keys
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        act, dev = self._act, x.device.type
-        out_dtype = torch.get_autocast_dtype(dev) if x.dtype == torch.float32 and torch.is_autocast_enabled(dev) \
-            else x.dtype
-        return layernorm_rational(x, self.weight, self.bias, self.eps, act.weight_numerator, act.weight_denominator,
-                                  out_dtype=out_dtype, impl=act.impl)
+        act = self._act
+        return _norm_act1(x, self.weight, self.bias, self.eps, act.weight_numerator, act.weight_denominator,
+                          act.impl)
 
 
 def set_rational_impl(model: nn.Module, impl: str) -> nn.Module:

@@ -24,10 +24,20 @@ import torch.nn.functional as F
 from ..group_rational import group_rational, plan_for, resolve
 from .cpu import CPURational
 
-__all__ = ["grkan_mlp", "rational_linear"]
+__all__ = ["grkan_mlp", "rational_linear", "autocast_dtype"]
 
 _PLANS: dict = {}  # key (see grkan_mlp) -> _MLPPlan, or False where the one-node path does not apply
 _CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype autocast casts to on this device type, or None: autocast off, or a device type it
+    does not know (``meta``: building a model without memory)."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # "unknown device type for autocast"
+        return None
+    return torch.get_autocast_dtype(device_type) if enabled else None
 
 
 def grkan_mlp(x: torch.Tensor, a1: Optional[torch.Tensor], b1: Optional[torch.Tensor], w1: torch.Tensor,
@@ -44,7 +54,7 @@ def grkan_mlp(x: torch.Tensor, a1: Optional[torch.Tensor], b1: Optional[torch.Te
     if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
         return None
     dev = x.device
-    dt = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else None
+    dt = autocast_dtype(dev.type)
     key = (x.shape, x.dtype, dev, dt, w1.shape, w1.dtype, w2.shape, None if a1 is None else a1.shape,
            None if b1 is None else b1.shape, a2.shape, b2.shape, impl, recompute_act1)
     plan = _PLANS.get(key)
@@ -175,9 +185,8 @@ def _mlp_function(mlp: _MLPPlan, recompute: bool):
 
 
 def _autocast_state(device_type: str):
-    if torch.is_autocast_enabled(device_type):
-        return True, torch.get_autocast_dtype(device_type)
-    return False, None
+    dtype = autocast_dtype(device_type)
+    return dtype is not None, dtype
 
 
 class _RationalLinear(torch.autograd.Function):

@@ -93,9 +93,9 @@ def evaluate(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor
     # Far from 0, P or Q can overflow (|x|^5 > 3.4e38 in fp32 for |x| > ~4e7) although P/Q is moderate:
     # there the scaled form (P and Q divided by x^n) is used. Eager calls check once (a host sync on
     # GPU) and pay for it only when some finite x overflowed; traced/compiled/exported graphs always
-    # carry both branches, selected element-wise (no data-dependent control flow). So does a CUDA
-    # graph capture, where a host sync is not allowed.
-    tracing = torch.compiler.is_compiling() or torch.jit.is_tracing() or (
+    # carry both branches, selected element-wise (no data-dependent control flow). So do a CUDA
+    # graph capture, where a host sync is not allowed, and meta tensors, which have no values.
+    tracing = xc.is_meta or torch.compiler.is_compiling() or torch.jit.is_tracing() or (
         xc.is_cuda and torch.cuda.is_current_stream_capturing())
     if not tracing and bool(torch.isfinite(y.detach()).all()):
         return y.to(x.dtype)
