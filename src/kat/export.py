@@ -33,6 +33,9 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int] = 
     ``False`` the older TorchScript-based one (only ``onnx``; deprecated by PyTorch); ``None`` picks
     the first when onnxscript is installed. The batch dimension is dynamic unless ``dynamic_batch=False``."""
     path = Path(path)
+    if importlib.util.find_spec("onnx") is None:
+        raise ImportError("export_onnx needs the onnx package: pip install 'kat-transformer[onnx]' (onnx, onnxscript "
+                          "and onnxruntime to run the file)")
     if dynamo is None:
         dynamo = importlib.util.find_spec("onnxscript") is not None
     x = _example(model, input_size, batch_size)

@@ -229,7 +229,8 @@ def test_corrupt_image_is_named_or_skipped(tmp_path):
         validate.main(base)
     out = tmp_path / "v.json"
     assert validate.main(base + ["--skip-corrupt", "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["images"] == 13  # 12 good images + the skipped one's replacement
+    res = json.loads(out.read_text())
+    assert res["images"] == 12 and res["skipped_images"][0].endswith("broken.png")  # out of the denominator
 
 
 def test_unknown_config_key_and_missing_dataset(tmp_path, capsys):
@@ -238,7 +239,7 @@ def test_unknown_config_key_and_missing_dataset(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.main(["-c", str(cfg)])
     assert "config " + str(cfg) + ": unknown option(s) ['learning_rate']" in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="dataset path not found: '/nonexistent/data'"):
+    with pytest.raises(FileNotFoundError, match="dataset folder not found: '/nonexistent/data'"):
         validate.main(["--model", "kat_tiny_patch16_224", "--dataset", "/nonexistent/data"])
 
 
@@ -339,3 +340,19 @@ def test_fused_optimizer_choice_and_resume_across_it():
     plain.load_state_dict(fused.state_dict())
     for p in model.parameters():
         assert torch.equal(plain.state[p]["exp_avg"], fused.state[p]["exp_avg"])
+
+
+def test_image_folder_cpu_config(tmp_path):
+    """The README's "Train on your own images" command, shortened (2 epochs), then kat-validate from
+    the checkpoint alone."""
+    data = _image_folder(tmp_path / "my_images")
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parents[2]
+    assert train.cli(["-c", str(root / "configs" / "image_folder_cpu.yaml"), "--data-dir", str(data),
+                      "--epochs", "2", "--batch-size", "4", "--workers", "0", "--output", str(out)]) == 0
+    ck = load_checkpoint_file(out / "last.pth")
+    assert ck["args"]["amp"] == "auto" and ck["dataset"]["input_size"] == [3, 32, 32]
+    assert ck["epoch"] == 1 and _result(out)["steps"] == 6  # 12 images, batch 4, 2 epochs
+    res = tmp_path / "v.json"
+    assert validate.cli(["--checkpoint", str(out / "model_best.pth"), "--json", str(res)]) == 0
+    assert json.loads(res.read_text())["images"] == 12

@@ -26,6 +26,8 @@ from typing import Sequence
 
 import torch
 
+from .common import ArgumentParser, add_debug_flag, parse_kwargs, run_cli, usage_phase
+
 _log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -160,7 +162,7 @@ class _ModelRun:
         loss_fn = torch.nn.CrossEntropyLoss()
 
         def train_step():
-            with torch.autocast(device, dtype=dtype):
+            with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
                 loss = loss_fn(run(x), y)
             loss.backward()
             opt.step()
@@ -178,7 +180,7 @@ class _ModelRun:
         xi = torch.randn(infer_batch, 3, size, size, device=device)  # after the memory reading
 
         def infer_step():
-            with torch.no_grad(), torch.autocast(device, dtype=dtype):
+            with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
                 run(xi)
 
         if cuda_graphs:
@@ -241,14 +243,22 @@ def bench_pair(size: str, batch: int, infer_batch: int, dtype: torch.dtype, comp
     return row
 
 
-def flops_rows(models: Sequence[str], kanify: bool, input_size=None) -> list[dict]:
-    import timm
-
+def flops_rows(models: Sequence[str], kanify: bool, input_size=None, model_kwargs=None) -> list[dict]:
+    """FLOPs and parameters of each model; ``input_size`` (C, H, W) also builds the model for that
+    size (in_chans, img_size), unless ``model_kwargs`` set those."""
     import kat
     from kat.flops import flops_report
+    from .common import create_model
+    kwargs = dict(model_kwargs or {})
+    if input_size:
+        kwargs.setdefault("in_chans", input_size[0])
+        kwargs.setdefault("img_size", tuple(input_size[1:]))
     rows = []
     for name in models:
-        model = timm.create_model(name)
+        try:
+            model = create_model(name, None, kwargs)
+        except TypeError:  # a model without img_size (a CNN): input_size only sets the input
+            model = create_model(name, None, {k: v for k, v in kwargs.items() if k != "img_size"})
         size = tuple(input_size or model.pretrained_cfg.get("input_size", (3, 224, 224)))
         if kanify:
             model, rep = kat.kanify(model)
@@ -268,22 +278,32 @@ def _kat_kwargs(args) -> dict:
     return kw
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kat-bench", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="mode", required=True)
-    o = sub.add_parser("op", help="group-rational op: time and bandwidth fraction")
-    o.add_argument("--channels", type=int, nargs="+", default=[192, 768, 3072])
-    o.add_argument("--batch", type=int, default=128)
-    o.add_argument("--tokens", type=int, default=197)
-    o.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
-    o.add_argument("--providers", nargs="+", default=["torch", "compile", "kat"], choices=["torch", "compile", "kat"])
+def cli(argv=None) -> int:
+    """The kat-bench console script: errors as one line (``--debug``: the traceback)."""
+    return run_cli("kat-bench", main, argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="kat-bench", description="Speed of the group-rational op and of KAT beside timm's "
+                                                          "ViT, measured in one process; FLOPs and parameters.")
+    add_debug_flag(parser)
+    sub = parser.add_subparsers(dest="mode", required=True, help="what to measure")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    o = sub.add_parser("op", help="group-rational op: time and bandwidth fraction", formatter_class=fmt)
+    o.add_argument("--channels", type=int, nargs="+", default=[192, 768, 3072], help="C of x (B, T, C), one row each")
+    o.add_argument("--batch", type=int, default=128, help="B")
+    o.add_argument("--tokens", type=int, default=197, help="T")
+    o.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES), help="x's dtypes")
+    o.add_argument("--providers", nargs="+", default=["torch", "compile", "kat"], choices=["torch", "compile", "kat"],
+                   help="torch: the PyTorch reference; compile: torch.compile of it; kat: the Triton kernels")
     o.add_argument("--cuda-graphs", action="store_true",
                    help="also time each call replayed from a CUDA graph (GPU time without host overhead)")
-    m = sub.add_parser("model", help="KAT vs ViT train/inference throughput")
-    m.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"])
-    m.add_argument("--batch", type=int, default=128)
-    m.add_argument("--infer-batch", type=int, default=256)
-    m.add_argument("--dtype", default="bf16", choices=list(DTYPES))
+    m = sub.add_parser("model", help="KAT vs ViT train/inference throughput", formatter_class=fmt)
+    m.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"], choices=["tiny", "small", "base"],
+                   help="model sizes, each KAT beside the ViT of its size")
+    m.add_argument("--batch", type=int, default=128, help="training batch")
+    m.add_argument("--infer-batch", type=int, default=256, help="inference batch")
+    m.add_argument("--dtype", default="bf16", choices=list(DTYPES), help="autocast dtype (fp32: no autocast)")
     m.add_argument("--compile", nargs="?", const="default", default=None,
                    choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                    help="torch.compile both models with this mode (bare --compile: default)")
@@ -294,23 +314,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="KAT: norm2 and act1 as one kernel, forward and backward (kat.layers.NormAct1)")
     m.add_argument("--rational-impl", default=None, choices=["auto", "torch", "triton"],
                    help="KAT: the rational op's implementation (e.g. 'torch' lets torch.compile fuse it)")
-    m.add_argument("--iters", type=int, default=20)
-    m.add_argument("--warmup", type=int, default=5)
-    m.add_argument("--repeats", type=int, default=3)
+    m.add_argument("--iters", type=int, default=20, help="timed steps per repeat")
+    m.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    m.add_argument("--repeats", type=int, default=3, help="alternating KAT/ViT repeats; ratios are their medians")
     m.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                    help="cpu: a functional check of the benchmark itself (wall-clock times, no memory)")
     m.add_argument("--img-size", type=int, default=None, help="input resolution (default 224; small for --device cpu)")
-    f = sub.add_parser("flops", help="FLOPs/params with and without GR-KAN (CPU is fine)")
+    f = sub.add_parser("flops", help="FLOPs/params with and without GR-KAN (CPU is fine)", formatter_class=fmt)
     f.add_argument("--models", nargs="+", default=["kat_tiny_patch16_224", "kat_small_patch16_224",
-                                                   "kat_base_patch16_224"])
+                                                   "kat_base_patch16_224"], help="timm model names")
     f.add_argument("--kanify", action="store_true", help="convert plain transformers' MLPs with kat.kanify first")
-    f.add_argument("--input-size", type=int, nargs=3, default=None, help="C H W (default: the model's)")
+    f.add_argument("--input-size", type=int, nargs=3, default=None, metavar=("C", "H", "W"),
+                   help="input size; the model is built for it (default: the model's)")
+    f.add_argument("--model-kwargs", default=None, type=parse_kwargs,
+                   help="passed to timm.create_model, e.g. 'img_size=28,patch_size=4,embed_dim=64'")
     for p in (o, m, f):
         p.add_argument("--json", default=None, help="write results here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.mode == "flops":
-        result = {"env": environment(), "mode": "flops", "rows": flops_rows(args.models, args.kanify, args.input_size)}
+        with usage_phase():
+            rows = flops_rows(args.models, args.kanify, args.input_size, args.model_kwargs)
+        result = {"env": environment(), "mode": "flops", "rows": rows}
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(result, fh, indent=1)
@@ -368,4 +398,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli())

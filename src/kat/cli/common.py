@@ -8,6 +8,7 @@ import datetime
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,60 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..data import EMBEDDED, DatasetInfo, embedded_dataset
 
 _log = logging.getLogger("kat")
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage block is what --help is for)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the Python traceback instead of one line (or set KAT_DEBUG=1)")
+
+
+@contextlib.contextmanager
+def usage_phase():
+    """Setting up from the arguments: anything failing in here (a missing path, an unknown model, a
+    checkpoint that does not fit) is the arguments' fault, and the command exits 2 for it, not 1."""
+    try:
+        yield
+    except Exception as e:
+        e.kat_exit_code = 2
+        raise
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    if "Original Traceback" in text:  # raised in a DataLoader worker: the original's last line
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last and "Error" in last.split(": ", 1)[0] else last
+    text = " ".join(text.split())
+    if len(text) > 600:
+        text = text[:600] + " ..."
+    return text or type(e).__name__
+
+
+def run_cli(prog: str, main, argv=None) -> int:
+    """A console script: ``main(argv)``, with every error as one line on stderr (exit 2: the
+    arguments; 1: the run failed) unless ``--debug`` or ``KAT_DEBUG=1`` asks for the traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--debug" in argv or os.environ.get("KAT_DEBUG", "") not in ("", "0"):
+        return main(argv)
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        code = getattr(e, "kat_exit_code", 1)
+        hint = "" if code == 2 else " (--debug shows the traceback)"
+        print(f"{prog}: error: {_one_line(e)}{hint}", file=sys.stderr)
+        return code
 
 
 # --- configs -------------------------------------------------------------------------------------
@@ -54,16 +109,24 @@ def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Na
 
 
 def parse_kwargs(text) -> dict:
-    """--model-kwargs: a JSON/YAML mapping given inline, or already a dict (from a config file)."""
+    """--model-kwargs: a YAML/JSON mapping ('{img_size: 28, patch_size: 4}'), or the same as
+    key=value pairs ('img_size=28,patch_size=4'), or already a dict (from a config file)."""
     if isinstance(text, dict):
         return text
-    if not text:
+    if not text or not text.strip():
         return {}
     import yaml
-    value = yaml.safe_load(text)
+    body = text.strip()
+    if not body.startswith("{") and "=" in body:
+        body = "{" + body.replace("=", ": ") + "}"
+    try:
+        value = yaml.safe_load(body)
+    except yaml.YAMLError:
+        value = None
     if not isinstance(value, dict):
-        raise ValueError(f"--model-kwargs must be a mapping like '{{embed_dim: 64}}', got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"--model-kwargs takes a mapping like '{{img_size: 28, patch_size: 4}}' "
+                                         f"or 'img_size=28,patch_size=4', got {text!r}")
+    return {str(k): v for k, v in value.items()}
 
 
 # --- distributed ---------------------------------------------------------------------------------
@@ -92,6 +155,15 @@ def setup_distributed(device: str = "auto", timeout_s: float = 600) -> DistInfo:
         dist.init_process_group("nccl" if use_cuda else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(rank, world, local, dev)
+
+
+def all_gather_names(names: list[str], info: DistInfo) -> list[str]:
+    """The sorted union of every rank's ``names``."""
+    if info.world == 1:
+        return sorted(set(names))
+    gathered: list = [None] * info.world
+    dist.all_gather_object(gathered, names)
+    return sorted({n for part in gathered for n in part})
 
 
 def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
@@ -162,8 +234,31 @@ def checkpoint_model(ck: dict, name: Optional[str] = None, model_kwargs: Optiona
                   "img_size": data["input_size"][1:], **kwargs}
     model = create_model(name, None, kwargs, **extra)
     if ck:
-        model.load_state_dict(model_weights(ck, use_ema=bool(saved.get("model_ema"))))
+        load_weights(model, model_weights(ck, use_ema=bool(saved.get("model_ema"))), "the checkpoint")
     return model
+
+
+def load_weights(model, state_dict: dict, source) -> None:
+    """``model.load_state_dict(state_dict)`` (strict), with a mismatch reported in one sentence that
+    counts and names the first of each kind (PyTorch lists every one of them)."""
+    own = model.state_dict()
+    shapes = [(k, tuple(state_dict[k].shape), tuple(v.shape)) for k, v in own.items()
+              if k in state_dict and hasattr(state_dict[k], "shape") and state_dict[k].shape != v.shape]
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    parts = []
+    if shapes:
+        k, have, want = shapes[0]
+        parts.append(f"{len(shapes)} tensor(s) of another shape (first: {k} is {have} in the file, {want} in "
+                     "the model)")
+    if missing:
+        parts.append(f"{len(missing)} missing (first: {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+    if parts:
+        raise ValueError(f"{source} does not fit this model: {'; '.join(parts)}. Build the model the weights "
+                         "were trained as (--model, --model-kwargs), or use another checkpoint")
+    model.load_state_dict(state_dict)
 
 
 def model_weights(ckpt: dict, use_ema: bool = False) -> dict:
@@ -207,12 +302,56 @@ def check_image_size(model, image_hw: Sequence[int]) -> None:
                          f"img_size={tuple(image_hw)}")
 
 
-class CheckedImageDataset(Dataset):
-    """timm's ImageDataset, but an unreadable image is an error naming its file (or, with
-    ``skip_corrupt``, skipped and counted) instead of a silent skip."""
+def check_channels(trained_on: dict, info: DatasetInfo) -> None:
+    """ValueError when a checkpoint's model takes another number of image channels than the data has."""
+    want, have = trained_on["input_size"][0], info.input_size[0]
+    if want != have:
+        kind = {1: "grey (1-channel)", 3: "RGB (3-channel)"}
+        raise ValueError(f"the checkpoint's model takes {kind.get(want, f'{want}-channel')} images "
+                         f"({trained_on.get('name', '?')}) but {info.name} has {kind.get(have, f'{have}-channel')} "
+                         "images; evaluate it on data like what it was trained on")
 
-    def __init__(self, inner, skip_corrupt: bool = False):
-        self.inner, self.skip_corrupt, self.skipped = inner, skip_corrupt, 0
+
+class CorruptImageError(RuntimeError):
+    pass
+
+
+class SkipLog:
+    """The unreadable images a run skipped, each counted once across epochs, loader workers and ranks
+    on one machine: a worker that meets one leaves a marker file in a temporary folder."""
+
+    def __init__(self):
+        import tempfile
+        self.root = tempfile.mkdtemp(prefix="kat-skipped-")
+
+    def add(self, name: str) -> bool:
+        """Record ``name``; True the first time it is seen."""
+        import hashlib
+        marker = Path(self.root) / hashlib.sha1(name.encode()).hexdigest()
+        try:
+            with open(marker, "x") as f:
+                f.write(name)
+            return True
+        except FileExistsError:
+            return False
+
+    def names(self) -> list[str]:
+        return sorted(p.read_text() for p in Path(self.root).iterdir())
+
+    def close(self) -> None:
+        import shutil
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class CheckedImageDataset(Dataset):
+    """timm's ImageDataset, but an unreadable image stops the run with an error that names the file
+    and ``--skip-corrupt``. With a ``skip_log``, unreadable images are recorded there instead: in
+    training (``drop=False``) the next readable image takes the place of one, so batches keep their
+    size; in evaluation (``drop=True``) it becomes None, and ``drop_none_collate`` leaves it out of
+    the batch, so it is not in the accuracy's denominator."""
+
+    def __init__(self, inner, skip_log: Optional[SkipLog] = None, drop: bool = True):
+        self.inner, self.skip_log, self.drop = inner, skip_log, drop
 
     @property
     def transform(self):  # timm's create_loader sets dataset.transform: forward it to the inner dataset
@@ -235,20 +374,58 @@ class CheckedImageDataset(Dataset):
                 img = img.convert(self.inner.input_img_mode or "RGB")
             except Exception as e:
                 name = reader.filename(index, absolute=True)
-                if not self.skip_corrupt:
-                    raise RuntimeError(f"cannot read image {name}: {e}") from e
-                self.skipped += 1
-                _log.warning("skipped unreadable image %s (%d so far): %s", name, self.skipped, e)
+                if self.skip_log is None:
+                    raise CorruptImageError(f"cannot read image {name} ({e}); fix or remove it, or pass "
+                                            "--skip-corrupt to skip unreadable images") from e
+                if self.skip_log.add(str(name)):
+                    _log.warning("skipping unreadable image %s: %s", name, e)
+                if self.drop:
+                    return None
                 index = (index + 1) % len(self)
                 continue
             if self.inner.transform is not None:
                 img = self.inner.transform(img)
             return img, (-1 if target is None else target)
-        raise RuntimeError("no readable image in the dataset")
+        raise CorruptImageError("no readable image in the dataset")
 
 
-def build_eval_data(args, info_model=None, dist_info: DistInfo = DistInfo(), train: bool = False):
-    """(dataset, DatasetInfo) for evaluation (or the training split with ``train``), no augmentation."""
+def drop_none_collate(batch):
+    """default_collate without the samples that are None (unreadable images); None for a batch of
+    only such samples."""
+    from torch.utils.data import default_collate
+    batch = [b for b in batch if b is not None]
+    return default_collate(batch) if batch else None
+
+
+def resolve_data_args(args) -> None:
+    """--dataset and --data-dir, checked: ``--data-dir DIR`` alone (or with ``--dataset folder``) is
+    that image folder; a folder that does not exist, or a --data-dir that a named dataset would
+    ignore, is an error."""
+    ds, dd = args.dataset, args.data_dir
+    if dd is not None and not Path(dd).is_dir():
+        raise FileNotFoundError(f"--data-dir {dd}: no such folder")
+    if ds is None:
+        args.dataset = dd if dd else "digits"
+    elif ds == "folder":  # the --data-dir folder, said explicitly
+        if not dd:
+            raise ValueError("--dataset folder needs --data-dir DIR")
+        args.dataset = dd
+    elif ds in ("digits", "synthetic"):
+        if dd:
+            raise ValueError(f"--data-dir does not apply to --dataset {ds}; for your own image folder, leave "
+                             "out --dataset (or give --dataset DIR)")
+    elif ds != "fashion-mnist":  # an image-folder root
+        if dd and Path(dd).resolve() != Path(ds).resolve():
+            raise ValueError(f"--dataset {ds} and --data-dir {dd} name two different folders; give one")
+        if not Path(ds).is_dir():
+            raise FileNotFoundError(f"dataset folder not found: {ds!r} (--dataset takes digits, fashion-mnist, "
+                                    "synthetic or an image folder with train/ and val/ subfolders)")
+
+
+def build_eval_data(args, info_model=None, dist_info: DistInfo = DistInfo(), train: bool = False,
+                    skip_log: Optional[SkipLog] = None):
+    """(dataset, DatasetInfo) for evaluation (or the training split with ``train``), no augmentation.
+    Image folders: unreadable images are an error, or recorded in ``skip_log`` and skipped."""
     if args.dataset in EMBEDDED:
         tr, te, info = embedded_dataset(args.dataset, args.data_dir, args.split_seed, augment=False)
         return (tr if train else te), info
@@ -260,6 +437,9 @@ def build_eval_data(args, info_model=None, dist_info: DistInfo = DistInfo(), tra
     if not root or not Path(root).exists():
         raise FileNotFoundError(f"dataset path not found: {root!r} (use --dataset digits | fashion-mnist "
                                 "or --data-dir DIR with train/ and val/ image folders)")
+    if not Path(root).is_dir():
+        raise NotADirectoryError(f"dataset path {root!r} is a file; give an image folder with train/ and val/ "
+                                 "subfolders")
     split = args.train_split if train else args.val_split
     ds = timm.data.create_dataset("", root=root, split=split, is_training=False)
     classes = sorted(ds.reader.class_to_idx, key=ds.reader.class_to_idx.get)
@@ -270,7 +450,7 @@ def build_eval_data(args, info_model=None, dist_info: DistInfo = DistInfo(), tra
     # The KAT/DeiT evaluation transform: resize to size / 0.875, centre crop, bicubic.
     ds.transform = timm.data.create_transform(info.input_size, is_training=False, crop_pct=0.875,
                                               interpolation="bicubic", mean=info.mean, std=info.std)
-    return CheckedImageDataset(ds, getattr(args, "skip_corrupt", False)), info
+    return CheckedImageDataset(ds, skip_log, drop=not train), info
 
 
 def synthetic_from_args(args):
@@ -281,7 +461,8 @@ def synthetic_from_args(args):
 
 def eval_loader(dataset, batch_size: int, workers: int, dist_info: DistInfo) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), dist_info.rank,
-                      dist_info.world), num_workers=workers, pin_memory=dist_info.device.type == "cuda")
+                      dist_info.world), num_workers=workers, pin_memory=dist_info.device.type == "cuda",
+                      collate_fn=drop_none_collate)
 
 
 @torch.no_grad()
@@ -290,7 +471,10 @@ def evaluate(model, loader, device, amp_dtype=None, dist_info: DistInfo = DistIn
     model.eval()
     correct1 = correct5 = loss_sum = n = 0.0
     start = time.perf_counter()
-    for images, targets in loader:
+    for batch in loader:
+        if batch is None:  # only unreadable images (skipped)
+            continue
+        images, targets = batch
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
@@ -308,7 +492,10 @@ def evaluate(model, loader, device, amp_dtype=None, dist_info: DistInfo = DistIn
             "images": int(n), "img_s": n / max(elapsed, 1e-9)}
 
 
-def amp_dtype(name: Optional[str]):
+def amp_dtype(name: Optional[str], device: Optional[torch.device] = None):
+    """--amp's autocast dtype; "auto" is bf16 on a GPU and None (fp32) on the CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device is not None and device.type == "cuda" else None
     return {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 

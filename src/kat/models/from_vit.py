@@ -30,11 +30,19 @@ def load_state_dict_file(path: Union[str, Path]) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(str(path))
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK..), older versions a pickle (protocol 2+ starts with 0x80)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise ValueError(f"{path} is not a checkpoint: expected a PyTorch weights file (.pth/.pt, as torch.save "
+                         "writes) or .safetensors")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError and friends: refuse, never execute
-        raise ValueError(f"refusing to load {path}: it is not a plain tensor checkpoint "
-                         f"(weights_only=True failed: {str(e).splitlines()[0]})") from e
+        reason = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line),
+                      str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise ValueError(f"refusing to load {path}: it is not a plain tensor checkpoint, and loading it would run "
+                         f"code stored in it ({reason})") from e
     if not isinstance(obj, dict):
         raise ValueError(f"{path} does not hold a state dict (got {type(obj).__name__})")
     return obj
