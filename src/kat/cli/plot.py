@@ -76,6 +76,10 @@ def plot_rationals(model: nn.Module, path: str | Path, lo: float = -3.0, hi: flo
     return _save(plt, fig, path, layout=False)
 
 
+_LABELS = {"train_loss": "training loss", "eval_loss": "test loss", "eval_top1": "test top-1 (%)",
+           "eval_top5": "test top-5 (%)", "lr": "learning rate", "elapsed_s": "seconds since start"}
+
+
 def plot_curves(csv_paths: Sequence[str | Path], path: str | Path,
                 metrics: Sequence[str] = ("train_loss", "eval_top1"), labels: Sequence[str] | None = None) -> Path:
     """Save a PNG of per-epoch metrics (columns of kat-train's summary.csv), one panel per metric."""
@@ -93,7 +97,7 @@ def plot_curves(csv_paths: Sequence[str | Path], path: str | Path,
             ax.plot([int(r["epoch"]) for r in rows], [float(r[metric]) for r in rows], label=label)
     for ax, metric in zip(axes[0], metrics):
         ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(_LABELS.get(metric, metric))
         ax.set_title(metric)
         ax.legend(fontsize=7)
     return _save(plt, fig, path)
