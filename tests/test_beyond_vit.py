@@ -165,3 +165,31 @@ def test_bench_flops_cli_kanify(tmp_path):
     row = json.loads(out.read_text())["rows"][0]
     assert row["kanified"] and row["rational_parameters"] == 912
     assert row["gflops"] - row["gflops_without_rationals"] == pytest.approx(row["rational_gflops"])
+
+
+def _overflow_batch():
+    """Rows that overflow the direct form (|x| >= 4e7 with an x^5 term), NaN/Inf, signed zeros, and
+    one ordinary row."""
+    x = torch.randn(2, 16)  # batch 2: kat.export_program's example batch, which its program keeps
+    x[0] = torch.tensor([1e30, -1e30, 1e8, -1e8, 5e7, 3e38, -3e38, float("nan"), float("inf"), -float("inf"),
+                         0.0, -0.0, 1.0, 2e38, 4e7, 1e-30])
+    return x
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_exported_rational_keeps_the_overflow_safe_form(tmp_path, dynamo):
+    """Exported graphs decide per call whether the scaled form is needed (torch.cond / ONNX If):
+    both outcomes give the reference's values, NaN/Inf included."""
+    import onnxruntime as ort
+    from kat.ops.group_rational.reference import group_rational_reference
+    layer = GroupRational(16, groups=8, init="swish").eval()
+    path = kat.export_onnx(layer, tmp_path / "r.onnx", input_size=(16,), dynamo=dynamo)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    program = kat.export_program(layer, (16,))
+    for x in (_overflow_batch(), torch.randn(2, 16)):
+        with torch.no_grad():
+            ref = group_rational_reference(x, layer.weight_numerator, layer.weight_denominator)
+            got_program = program.module()(x)
+        assert torch.isfinite(ref[0, :7]).all()  # the scaled form's answers, not Inf/NaN
+        np.testing.assert_allclose(session.run(None, {"images": x.numpy()})[0], ref.numpy(), rtol=1e-6, equal_nan=True)
+        torch.testing.assert_close(got_program, ref, rtol=1e-6, atol=0, equal_nan=True)
