@@ -6,14 +6,11 @@ F(x) = P(x) / Q(x) with
 applied per channel; channel ``c`` of ``C`` uses group ``c // (C // G)``. This is the formula the
 official KAT CUDA/Triton kernels compute, so it is what the released checkpoints mean.
 
-Derivative convention (the official kernels'): d|t|/dt = +1 at t = 0, for both x and the
-denominator coefficients. With torch.abs' subgradient of 0 instead, a rational initialised as the
-identity (all b = 0) could never move its denominator.
-
-Runs on any device and dtype and is differentiable through ordinary autograd (gradcheck-able in
-float64). Low-precision inputs (bf16/fp16) are evaluated in float32 and rounded once at the end, as
-the fused kernels do. Horner's rule keeps at most a few x-sized temporaries alive: the powers of x
-are never stacked.
+Derivative convention (the official kernels'): d|t|/dt = +1 at t = 0, for x and the denominator
+coefficients; with torch.abs' subgradient 0, a rational initialised as the identity (all b = 0)
+could never move its denominator. Any device and dtype, differentiable by autograd (gradcheck-able
+in float64); bf16/fp16 inputs are evaluated in float32 and rounded once, as the fused kernels do.
+Horner's rule keeps a few x-sized temporaries alive: the powers of x are never stacked.
 """
 from __future__ import annotations
 
@@ -65,8 +62,7 @@ def abs_unit_at_zero(t: torch.Tensor) -> torch.Tensor:
 
 def _per_channel(coef: torch.Tensor, channels: int, shape: list[int]) -> list[torch.Tensor]:
     """Expand (Gx, k) coefficients to k tensors broadcastable against x (channel axis marked -1 in shape)."""
-    per_group = channels // coef.shape[0]
-    full = coef.repeat_interleave(per_group, dim=0)  # (C, k)
+    full = coef.repeat_interleave(channels // coef.shape[0], dim=0)  # (C, k)
     return [full[:, i].reshape(shape) for i in range(coef.shape[1])]
 
 
@@ -91,45 +87,31 @@ def evaluate(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor
 
     y = _direct(xc, a, b)
     # Far from 0, P or Q can overflow (|x|^5 > 3.4e38 in fp32 for |x| > ~4e7) although P/Q is moderate:
-    # there the scaled form (P and Q divided by x^n) is used. Eager calls check once (a host sync on
-    # GPU) and pay for it only when some finite x overflowed; traced/compiled/exported graphs always
-    # carry both branches, selected element-wise (no data-dependent control flow). So do a CUDA
-    # graph capture, where a host sync is not allowed, and meta tensors, which have no values.
-    # torch.export (kat.export_program, and kat.export_onnx with onnxscript) keeps the eager decision
-    # as a graph-level conditional (torch.cond: an ONNX If), so exported graphs run the scaled form
-    # only when needed: KAT-T in onnxruntime on 2 CPU cores 0.13-0.18x -> 0.61x ViT's img/s.
-    if _exporting() and not xc.is_meta:
-        # y - y is 0 where y is finite and NaN elsewhere: two passes decide (a NaN/Inf input also takes
-        # the first branch, which returns the direct form for it); element-wise isfinite masks cost
-        # more in onnxruntime than the rational itself
-        def fix(xc, y, *coefs):
-            return _mixed(xc, y, list(coefs[:len(a)]), list(coefs[len(a):]), detach=False)
-
-        def keep(xc, y, *coefs):
-            return y * 1.0  # a branch may not return its operand itself
-
-        coefs = [t.contiguous() for t in a + b]  # operands, not closures: torch.cond lifts them cleanly
-        return torch.cond(torch.isnan((y - y).sum()), fix, keep, (xc, y, *coefs)).to(x.dtype)
+    # there, and only where x is finite, the scaled form (P, Q divided by x^n) is used. Eager calls
+    # decide once (a host sync on GPU). torch.export keeps that as one torch.cond (an ONNX If) on
+    # isnan(sum(y - y)): isfinite masks cost onnxruntime more than the rational (KAT-T there:
+    # 0.13-0.18x -> 0.61x ViT). Other traces (compile, TorchScript, CUDA graphs, meta) carry both.
+    if getattr(torch.compiler, "is_exporting", lambda: False)() and not xc.is_meta:  # torch >= 2.5
+        # The coefficients enter as one flat operand (closures alias, and size-1 dims of separate
+        # operands turn symbolic under dynamic shapes); y * 1.0: a branch may not return y itself.
+        def fix(xc, y, flat):
+            c = [t.reshape(shape) for t in flat.split(channels)]
+            return _mixed(xc, y, c[:len(a)], c[len(a):], detach=False)
+        flat = torch.cat([t.reshape(-1) for t in a + b])
+        return torch.cond(torch.isnan((y - y).sum()), fix, lambda xc, y, flat: y * 1.0, (xc, y, flat)).to(x.dtype)
     tracing = xc.is_meta or torch.compiler.is_compiling() or torch.jit.is_tracing() or (
         xc.is_cuda and torch.cuda.is_current_stream_capturing())
-    if not tracing and bool(torch.isfinite(y.detach()).all()):
+    if not tracing and (bool(torch.isfinite(y.detach()).all())  # NaN/Inf inputs: the direct form's answer
+                        or not bool((~torch.isfinite(y.detach()) & torch.isfinite(xc)).any())):
         return y.to(x.dtype)
-    if not tracing and not bool((~torch.isfinite(y.detach()) & torch.isfinite(xc)).any()):
-        return y.to(x.dtype)  # only NaN/Inf inputs: the direct form is the answer
     return _mixed(xc, y, a, b).to(x.dtype)
 
 
-def _exporting() -> bool:
-    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
-    return bool(is_exporting is not None and is_exporting())
-
-
 def _mixed(xc, y, a, b, detach: bool = True):
-    """The direct form where it is finite, the scaled form where it overflowed for a finite x
-    (``detach=False`` inside torch.cond, where a view of an operand is not allowed)."""
+    """The direct form where finite, the scaled form where it overflowed for a finite x (no detach
+    inside torch.cond, which allows no views of operands). Each form sees only the elements it
+    serves (others a harmless stand-in), so neither's gradient can inject NaN through torch.where."""
     scaled = ~torch.isfinite(y.detach() if detach else y) & torch.isfinite(xc)
-    # Each branch sees only the elements it serves (others get a harmless stand-in), so neither
-    # branch's gradient can inject NaN through torch.where.
     y_direct = _direct(torch.where(scaled, torch.zeros_like(xc), xc), a, b)
     y_scaled = _scaled(torch.where(scaled, xc, torch.full_like(xc, 2.0)), a, b)
     return torch.where(scaled, y_scaled, y_direct)
