@@ -26,7 +26,8 @@ from typing import Sequence
 
 import torch
 
-from .common import ArgumentParser, add_debug_flag, parse_kwargs, run_cli, usage_phase
+from .common import parse_kwargs
+from .errors import ArgumentParser, add_debug_flag, run_cli, usage_phase
 
 _log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -15,7 +15,8 @@ from typing import Sequence
 
 from torch import nn
 
-from .common import ArgumentParser, add_debug_flag, parse_kwargs, run_cli, usage_phase
+from .common import parse_kwargs
+from .errors import ArgumentParser, add_debug_flag, run_cli, usage_phase
 
 _log = logging.getLogger(__name__)
 

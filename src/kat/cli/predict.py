@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from ..data import EMBEDDED
-from .common import (ArgumentParser, add_debug_flag, checkpoint_model, load_checkpoint_file, parse_kwargs, run_cli,
-                     usage_phase)
+from .common import checkpoint_model, load_checkpoint_file, parse_kwargs
+from .errors import ArgumentParser, add_debug_flag, run_cli, usage_phase
 
 
 def build_parser():

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import (ArgumentParser, DistInfo, SkipLog, add_debug_flag, all_gather_names, amp_dtype,
-                     build_eval_data, create_model, dump_json, eval_loader, evaluate, load_checkpoint_file,
-                     load_weights, model_weights, parse_kwargs, parse_with_config, resolve_data_args, run_cli, save_atomic,
-                     setup_distributed, synthetic_from_args, usage_phase)
+from .common import (DistInfo, SkipLog, all_gather_names, amp_dtype, build_eval_data, create_model,
+                     dump_json, eval_loader, evaluate, load_checkpoint_file, load_weights, model_weights,
+                     parse_kwargs, parse_with_config, resolve_data_args, save_atomic, setup_distributed,
+                     synthetic_from_args)
+from .errors import ArgumentParser, add_debug_flag, run_cli, usage_phase
 from .train_utils import (_fmt_time, _plain, _raise_if_nonfinite, _tensorboard,
                           _write_csv, all_mean, optimizer_kwargs)
 

@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 from ..data import EMBEDDED
-from .common import (ArgumentParser, SkipLog, add_debug_flag, all_gather_names, amp_dtype, build_eval_data,
-                     check_channels, check_image_size, create_model, eval_loader, evaluate, load_checkpoint_file,
-                     load_weights, model_weights, parse_kwargs, resolve_data_args, run_cli, setup_distributed, usage_phase)
+from .common import (SkipLog, all_gather_names, amp_dtype, build_eval_data, check_channels, check_image_size,
+                     create_model, eval_loader, evaluate, load_checkpoint_file, load_weights, model_weights,
+                     parse_kwargs, resolve_data_args, setup_distributed)
+from .errors import ArgumentParser, add_debug_flag, run_cli, usage_phase
 
 _log = logging.getLogger("kat")
 
