@@ -382,9 +382,6 @@ def build_eval_data(args, info_model=None, dist_info: DistInfo = DistInfo(), tra
     if not root or not Path(root).exists():
         raise FileNotFoundError(f"dataset path not found: {root!r} (use --dataset digits | fashion-mnist "
                                 "or --data-dir DIR with train/ and val/ image folders)")
-    if not Path(root).is_dir():
-        raise NotADirectoryError(f"dataset path {root!r} is a file; give an image folder with train/ and val/ "
-                                 "subfolders")
     split = args.train_split if train else args.val_split
     ds = timm.data.create_dataset("", root=root, split=split, is_training=False)
     classes = sorted(ds.reader.class_to_idx, key=ds.reader.class_to_idx.get)

@@ -32,9 +32,8 @@ def _pyplot():
     return plt
 
 
-def _save(plt, fig, path, layout: bool = True) -> Path:
-    if layout:
-        fig.tight_layout()
+def _save(plt, fig, path, rect=(0, 0, 1, 1)) -> Path:
+    fig.tight_layout(rect=rect)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -73,8 +72,7 @@ def plot_rationals(model: nn.Module, path: str | Path, lo: float = -3.0, hi: flo
                fontsize=7, frameon=False)
     fig.suptitle(title or "learned rational functions F(x) = P(x) / Q(x), one curve per channel group",
                  fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    return _save(plt, fig, path, layout=False)
+    return _save(plt, fig, path, rect=(0, 0.05, 1, 1))  # room for the legend
 
 
 _LABELS = {"train_loss": "training loss", "eval_loss": "test loss", "eval_top1": "test top-1 (%)",

@@ -207,24 +207,23 @@ def check_args(args) -> None:
         raise ValueError("--log-interval and --eval-interval must be at least 1, --workers at least 0")
 
 
-def _warn_inapplicable(args) -> None:
+def _warn_inapplicable(args, device: torch.device) -> None:
     """Options given that the chosen data cannot use: said, not silently dropped."""
     from ..data import EMBEDDED
     folder = args.dataset not in (*EMBEDDED, "synthetic")
-    unused = []
-    if folder:
-        unused += [f for f, on in (("--no-augment", args.no_augment), ("--split-seed", args.split_seed != 0)) if on]
-    else:
-        unused += [f for f, on in (("--aa", args.aa), ("--reprob", args.reprob > 0),
-                                   ("--train-split", args.train_split != "train"),
-                                   ("--val-split", args.val_split != "validation"),
-                                   ("--skip-corrupt", args.skip_corrupt)) if on]
-    if args.dataset != "synthetic":
-        unused += [f for f, on in (("--synthetic-on-device", args.synthetic_on_device),) if on]
-    if args.dataset != "digits" and args.split_seed != 0 and not folder:
-        unused.append("--split-seed")
+    unused = [f for f, on in (("--no-augment", folder and args.no_augment),
+                              ("--split-seed", args.dataset != "digits" and args.split_seed != 0),
+                              ("--synthetic-on-device", args.dataset != "synthetic" and args.synthetic_on_device),
+                              ("--aa", not folder and args.aa), ("--reprob", not folder and args.reprob > 0),
+                              ("--train-split", not folder and args.train_split != "train"),
+                              ("--val-split", not folder and args.val_split != "validation"),
+                              ("--skip-corrupt", not folder and args.skip_corrupt)) if on]
     if unused:
         _log.warning("%s: no effect with --dataset %s", ", ".join(unused), args.dataset)
+    if folder and device.type == "cpu" and "img_size" not in args.model_kwargs:
+        _log.warning("training %s at its full input size (224x224 for kat_*) on the CPU: a few images per "
+                     "second. For small images use -c configs/image_folder_cpu.yaml (32x32) or "
+                     "--model-kwargs 'img_size=64,patch_size=8'", args.model)
 
 
 def _warn_warmup(args, steps_per_epoch: int) -> None:
@@ -253,12 +252,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [rank {d.rank}] %(message)s", datefmt="%H:%M:%S")
     _log.info("rank %d of %d started on %s", d.rank, d.world, d.device)
     if d.is_main:
-        _warn_inapplicable(args)
-        if d.device.type == "cpu" and args.dataset not in ("digits", "fashion-mnist", "synthetic") \
-                and "img_size" not in args.model_kwargs:
-            _log.warning("training %s at its full input size (224x224 for kat_*) on the CPU: a few images per "
-                         "second. For small images use -c configs/image_folder_cpu.yaml (32x32) or "
-                         "--model-kwargs 'img_size=64,patch_size=8'", args.model)
+        _warn_inapplicable(args, d.device)
     torch.manual_seed(args.seed)
     out = Path(args.output)
     skip_log = SkipLog() if args.skip_corrupt else None

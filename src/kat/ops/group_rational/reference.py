@@ -86,32 +86,28 @@ def evaluate(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor
     b = _per_channel(abs_unit_at_zero(denominator.to(dt)), channels, shape)
 
     y = _direct(xc, a, b)
-    # Far from 0, P or Q can overflow (|x|^5 > 3.4e38 in fp32 for |x| > ~4e7) although P/Q is moderate:
-    # there, and only where x is finite, the scaled form (P, Q divided by x^n) is used. Eager calls
-    # decide once (a host sync on GPU). torch.export keeps that as one torch.cond (an ONNX If) on
-    # isnan(sum(y - y)): isfinite masks cost onnxruntime more than the rational (KAT-T there:
-    # 0.13-0.18x -> 0.61x ViT). Other traces (compile, TorchScript, CUDA graphs, meta) carry both.
+    # Far from 0, P or Q can overflow (|x|^5 > 3.4e38 in fp32 for |x| > ~4e7) although P/Q is moderate;
+    # there (finite x only) the scaled form, P and Q over x^n, is used. Eager calls decide once;
+    # torch.export keeps that as one torch.cond (an ONNX If) on isnan(sum(y - y)), which onnxruntime
+    # runs faster than isfinite masks; other traces (compile, TorchScript, CUDA graphs, meta) carry both.
     if getattr(torch.compiler, "is_exporting", lambda: False)() and not xc.is_meta:  # torch >= 2.5
-        # The coefficients enter as one flat operand (closures alias, and size-1 dims of separate
-        # operands turn symbolic under dynamic shapes); y * 1.0: a branch may not return y itself.
-        def fix(xc, y, flat):
+        def fix(xc, y, flat):  # coefficients as one flat operand: closures alias, size-1 dims go symbolic
             c = [t.reshape(shape) for t in flat.split(channels)]
-            return _mixed(xc, y, c[:len(a)], c[len(a):], detach=False)
-        flat = torch.cat([t.reshape(-1) for t in a + b])
+            return _mixed(xc, y, c[:len(a)], c[len(a):])
+        flat = torch.cat([t.reshape(-1) for t in a + b])  # y * 1.0: a branch may not return y itself
         return torch.cond(torch.isnan((y - y).sum()), fix, lambda xc, y, flat: y * 1.0, (xc, y, flat)).to(x.dtype)
     tracing = xc.is_meta or torch.compiler.is_compiling() or torch.jit.is_tracing() or (
         xc.is_cuda and torch.cuda.is_current_stream_capturing())
-    if not tracing and (bool(torch.isfinite(y.detach()).all())  # NaN/Inf inputs: the direct form's answer
-                        or not bool((~torch.isfinite(y.detach()) & torch.isfinite(xc)).any())):
+    if not tracing and (bool(torch.isfinite(y).all())  # NaN/Inf x: the direct form's answer
+                        or not bool((~torch.isfinite(y) & torch.isfinite(xc)).any())):
         return y.to(x.dtype)
     return _mixed(xc, y, a, b).to(x.dtype)
 
 
-def _mixed(xc, y, a, b, detach: bool = True):
-    """The direct form where finite, the scaled form where it overflowed for a finite x (no detach
-    inside torch.cond, which allows no views of operands). Each form sees only the elements it
-    serves (others a harmless stand-in), so neither's gradient can inject NaN through torch.where."""
-    scaled = ~torch.isfinite(y.detach() if detach else y) & torch.isfinite(xc)
+def _mixed(xc, y, a, b):
+    """Direct form where finite, scaled form where it overflowed for a finite x; each sees only its own
+    elements (others a stand-in), so neither's gradient injects NaN through torch.where."""
+    scaled = ~torch.isfinite(y) & torch.isfinite(xc)  # a bool mask: no gradient flows through it
     y_direct = _direct(torch.where(scaled, torch.zeros_like(xc), xc), a, b)
     y_scaled = _scaled(torch.where(scaled, xc, torch.full_like(xc, 2.0)), a, b)
     return torch.where(scaled, y_scaled, y_direct)
