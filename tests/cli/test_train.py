@@ -317,6 +317,7 @@ def test_shipped_recipes_parse(config):
         assert (args.mixup, args.cutmix, args.reprob, args.smoothing, args.aa) == (0.8, 1.0, 0.25, 0.1, "rand-m9-mstd0.5")
         assert args.model_ema and args.model_ema_decay == 0.9999 and args.warmup_epochs == 5
         assert args.drop_path == (0.4 if "base" in config else 0.1)
+        assert args.model_kwargs == {"attn_init": "mimetic"}  # the official init the released models had
 
 
 def test_fused_optimizer_choice_and_resume_across_it():

@@ -224,7 +224,7 @@ def test_mimetic_attention_init():
     """Every head and block: the statistics of the definition (one fresh draw and SVD per head), factors
     of equal singular values, distinct heads; the value/output pair reproduces alpha*U - beta*I."""
     d, heads, hd = 192, 3, 64
-    model = timm.create_model("kat_tiny_patch16_224")
+    model = timm.create_model("kat_tiny_patch16_224", attn_init="mimetic")
     stats, qs = [], []
     for block in model.blocks:
         w = block.attn.qkv.weight.detach().double()
@@ -244,8 +244,8 @@ def test_mimetic_attention_init():
     assert torch.allclose(ours, ref, rtol=0.03), (ours, ref)
     assert ours[0] > 5 * ours[1]  # attention starts near the identity
     assert all(not torch.allclose(a, b) for i, a in enumerate(qs) for b in qs[i + 1:])
-    timm_init = timm.create_model("kat_tiny_patch16_224", attn_init="timm").blocks[0].attn.qkv.weight
-    assert timm_init.std().item() == pytest.approx(0.02, rel=0.1)
+    default = timm.create_model("kat_tiny_patch16_224").blocks[0].attn.qkv.weight  # timm's ViT init
+    assert default.std().item() == pytest.approx(0.02, rel=0.1)
 
 
 def test_model_file_is_small_and_uses_public_timm_api():
@@ -257,7 +257,7 @@ def test_model_file_is_small_and_uses_public_timm_api():
 
 def test_weights_loaded_at_creation_skip_the_mimetic_svds(golden_dir, tmp_path, monkeypatch):
     """pretrained=True and from_vit replace every attention weight, so building them must not pay
-    for the mimetic init's SVDs; a fresh model still gets it."""
+    for the mimetic init's SVDs; a fresh model asking for it still gets it."""
     ckpt, inp, out = _golden(golden_dir)
     path = tmp_path / "ckpt.pth"
     torch.save(ckpt, path)
@@ -270,5 +270,5 @@ def test_weights_loaded_at_creation_skip_the_mimetic_svds(golden_dir, tmp_path, 
     vit, _ = _vit_and_batch()
     kat.from_vit(vit)
     assert calls == []
-    timm.create_model("kat_tiny_patch16_224")
+    timm.create_model("kat_tiny_patch16_224", attn_init="mimetic")
     assert len(calls) == 2  # one per kind (query/key, value/output); heads and blocks permute them

@@ -103,7 +103,6 @@ def from_vit(source: Union[VisionTransformer, str, Path], *, act_init: str = "ge
         args = _infer_args(sd, num_heads)
     if any(".mlp.act" in k for k in sd):
         raise ValueError("the source already has rational activations (it is a KAT checkpoint)")
-    kat_kwargs.setdefault("attn_init", "timm")  # the ViT's attention weights replace it: skip the SVDs
     model = KAT(act_init=act_init, **args, **kat_kwargs)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     not_rational = [k for k in missing if not re.search(r"\.mlp\.act[12]\.weight_(numerator|denominator)$", k)]

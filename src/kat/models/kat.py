@@ -76,7 +76,9 @@ def _signed_permutation(left: torch.Tensor, right: torch.Tensor, generator=None)
 def mimetic_init_(model: torch.nn.Module, qk=(0.7, 0.7), vo=(0.4, 0.4), generator=None) -> None:
     """Mimetic attention init (Trockman & Kolter, 2023) as KAT uses it: for every attention layer,
     each head's W_q^T W_k is the best rank-head_dim approximation of alpha*U + beta*I (U uniform,
-    variance 1/dim) and W_proj W_v equals alpha*U - beta*I, each split evenly between the two factors.
+    variance 1/dim), split evenly between the two factors; the value and output weights are the
+    even split L, R of A = alpha*U - beta*I (W_v = L, W_proj = R, the official code's order, so the
+    map the forward applies is R L: A's eigenvalues, not A itself). ``KAT(attn_init="mimetic")``.
 
     One SVD per kind and width, not one per head: every head and layer gets a random signed
     permutation of it, distributed exactly as a fresh draw (``_signed_permutation``); heads then
@@ -116,8 +118,10 @@ class KAT(VisionTransformer):
         rational_groups, rational_order, shared_numerator: see ``kat.GroupRational``.
         mlp_init: "variance" (w ~ N(0, alpha/fan_in), the paper's init) or "trunc_normal" (std 0.02,
             what the official code ended up using).
-        attn_init: "mimetic" (the official default) or "timm". Models built with weights
-            (``pretrained=True``, ``kat.from_vit``) default to "timm": the weights replace it anyway.
+        attn_init: "timm" (timm's ViT init, the default) or "mimetic" (the official code's init, kept
+            by the paper recipe, configs/*_in1k.yaml). Built fresh with mimetic attention, KAT-T/S/B
+            spike and can collapse at learning rates where ViT trains, without warm-up; with timm's
+            attention init they do not (RESULTS.md, "Robustness at ViT's learning rates").
         rational_impl: "auto" | "torch" | "triton".
         recompute_act1: recompute act1's output in backward instead of storing it (less memory;
             see ``GRKAN``).
@@ -128,7 +132,7 @@ class KAT(VisionTransformer):
 
     def __init__(self, *, act_init="swish", act1_init="identity", rational_groups: int = 8,
                  rational_order=(5, 4), shared_numerator: bool = True, mlp_init: str = "variance",
-                 attn_init: str = "mimetic", rational_impl: str = "auto", recompute_act1: bool = False,
+                 attn_init: str = "timm", rational_impl: str = "auto", recompute_act1: bool = False,
                  fuse_norm_act1: bool = False, **kwargs: Any):
         if "mlp_layer" in kwargs:
             raise ValueError("KAT builds its own mlp_layer (GRKAN); do not pass mlp_layer")
@@ -221,8 +225,6 @@ default_cfgs = generate_default_cfgs({
 
 def _create_kat(variant: str, pretrained: bool = False, **kwargs) -> KAT:
     out_indices = kwargs.pop("out_indices", 3)
-    if pretrained:  # the checkpoint replaces the attention weights: skip the mimetic init's SVDs
-        kwargs.setdefault("attn_init", "timm")
     return build_model_with_cfg(
         KAT, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
