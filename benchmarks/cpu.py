@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """KAT beside timm's ViT on the CPU: the table "KAT vs ViT on the CPU" of BENCHMARKS.md.
 
-    python benchmarks/cpu.py [--sizes tiny small] [--threads 1 2] [--batch 8] [--reps 3] [--onnx]
+    python benchmarks/cpu.py [--sizes tiny small] [--threads 1 2] [--batch 8] [--reps 3] [--onnx] [--compile]
 
 fp32, 224², batch 8. For each thread count and size, ViT and KAT stay resident and their timing
 loops alternate (ViT, KAT, ViT, KAT, ...), ``--reps`` times; img/s are medians, ratios the median of
 the per-repeat KAT/ViT ratios. Inference: ``eval()`` under ``torch.no_grad()``; training: forward,
 cross-entropy, backward and an AdamW step. ``--onnx`` also exports both models
-(``kat.export_onnx``) and times them in onnxruntime the same way.
+(``kat.export_onnx``) and times them in onnxruntime the same way; ``--compile`` times
+``torch.compile(model)`` (default mode) instead of the eager models (compilation before timing).
 """
 from __future__ import annotations
 
@@ -31,23 +32,24 @@ def _seconds(step, iters: int) -> float:
     return (time.perf_counter() - t) / iters
 
 
-def _torch_steps(name: str, batch: int):
+def _torch_steps(name: str, batch: int, compile: bool = False):
     torch.manual_seed(0)
     model = timm.create_model(name)
+    run = torch.compile(model) if compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, 224, 224)
     y = torch.randint(0, model.num_classes, (batch,))
 
     def train():
         model.train()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        torch.nn.functional.cross_entropy(run(x), y).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     def infer():
         model.eval()
         with torch.no_grad():
-            model(x)
+            run(x)
 
     return {"train": train, "infer": infer}, model
 
@@ -80,8 +82,10 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--iters", type=int, default=2)
     p.add_argument("--onnx", action="store_true", help="also time the exported models in onnxruntime")
+    p.add_argument("--compile", action="store_true", help="time torch.compile(model) instead of eager")
     args = p.parse_args(argv)
-    print(f"torch {torch.__version__}, timm {timm.__version__}, batch {args.batch}, fp32, 224x224")
+    print(f"torch {torch.__version__}, timm {timm.__version__}, batch {args.batch}, fp32, 224x224"
+          + (", torch.compile(model)" if args.compile else ""))
     print("| threads | size | what | ViT img/s | KAT img/s | KAT / ViT (per rep) |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,7 +93,7 @@ def main(argv=None) -> int:
             torch.set_num_threads(threads)
             for size in args.sizes:
                 names = {"vit": f"vit_{size}_patch16_224", "kat": f"kat_{size}_patch16_224"}
-                built = {m: _torch_steps(n, args.batch) for m, n in names.items()}
+                built = {m: _torch_steps(n, args.batch, args.compile) for m, n in names.items()}
                 steps = {m: b[0] for m, b in built.items()}
                 phases = ["infer", "train"]
                 if args.onnx:

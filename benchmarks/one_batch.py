@@ -3,7 +3,7 @@
 learning rates").
 
     python benchmarks/one_batch.py [--sizes tiny small base] [--lrs 1e-4 3e-4 1e-3 3e-3]
-                                   [--steps 60] [--batch 128] [--json FILE]
+                                   [--steps 60] [--batch 128] [--kat-kwargs K=V,...] [--json FILE]
 
 For each size: timm's ViT, KAT (swish init, the released models' default) and KAT with GELU init,
 each trained from the same seed on ONE fixed batch of random 224x224 images with random labels of
@@ -11,6 +11,9 @@ each trained from the same seed on ONE fixed batch of random 224x224 images with
 warm-up, no clipping, bf16 autocast on CUDA (fp32 on the CPU). A model that learns memorises the
 batch; the loss starts near ln(1000) = 6.9. Printed per run: the loss at step 0, 10 and ``--steps``,
 and the highest loss after step 0 (a spike, or a collapse when it stays near ln(batch)).
+``--kat-kwargs attn_init=mimetic`` builds the KATs with the official code's attention init (the
+default before it was found to be what collapses); ``--device cpu --img 64 --batch 64`` is a
+CPU-sized version.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import timm
 import torch
 
 import kat  # noqa: F401  (registers the KAT models)
+from kat.cli.common import parse_kwargs
 
 MODELS = ("vit_{size}_patch16_224", "kat_{size}_patch16_224", "kat_{size}_gelu_patch16_224")
 
@@ -65,6 +69,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--img", type=int, default=224)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--kat-kwargs", type=parse_kwargs, default={}, help="passed to the KAT models only")
     p.add_argument("--json", help="write every run's per-step losses here")
     args = p.parse_args(argv)
     if args.device == "cuda":
@@ -76,8 +81,8 @@ def main(argv=None) -> None:
             for pattern in MODELS:
                 name = pattern.format(size=size)
                 t = time.perf_counter()
-                losses = train_one_batch(name, lr, steps=args.steps, batch=args.batch,
-                                         device=args.device, img=args.img)
+                losses = train_one_batch(name, lr, steps=args.steps, batch=args.batch, device=args.device,
+                                         img=args.img, model_kwargs=args.kat_kwargs if name.startswith("kat") else {})
                 s = summary(losses)
                 print(f"{name:34s} {lr:7.0e} {s['step0']:7.3f} {s['step10']:7.3f} {s['last']:7.3f} "
                       f"{s['max_after_0']:7.3f} {time.perf_counter() - t:4.0f}", flush=True)

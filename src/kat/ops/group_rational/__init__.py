@@ -3,9 +3,10 @@
 ``impl="torch"`` is the exact PyTorch reference (``reference.py``: any device, any float dtype);
 ``impl="triton"`` the fused kernels (CUDA, or the CPU under ``TRITON_INTERPRET=1``; float32, bfloat16,
 float16; orders up to (5, 4)); ``impl="auto"`` takes the kernels for CUDA tensors they support and
-the reference otherwise. Anatomy, bottom up: ``reference`` -> ``kernels`` -> ``launch`` (launching,
-grids) -> ``tuning`` (configs) -> ``reduction`` (coefficient gradients) -> ``plan`` (per-shape
-plans, the one cache) -> ``function`` (autograd, custom ops) -> this file.
+the reference otherwise. Anatomy, bottom up: ``reference`` -> ``decomposed`` (the reference as
+compiled graphs record it) -> ``kernels`` -> ``launch`` (launching, grids) -> ``tuning`` (configs)
+-> ``reduction`` (coefficient gradients) -> ``plan`` (per-shape plans, the one cache) ->
+``function`` (autograd, custom ops) -> this file.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import logging
 
 import torch
 
+from .decomposed import DecomposedRational
 from .function import GroupRationalFunction, triton_available, triton_supports
 from .plan import MAX_ORDER, cached, plan_for, plan_key, remember
 from .reference import check_inputs, evaluate, group_rational_reference
@@ -74,8 +76,8 @@ def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.
     """
     if torch.compiler.is_compiling():  # traced once per graph: no cache, no Plan in the graph
         cd, chosen = resolve(x, numerator, denominator, impl, channel_dim)
-        if chosen == "torch":
-            return evaluate(x, numerator, denominator, cd)
+        if chosen == "torch":  # the reference's formula with a written-out backward (decomposed.py)
+            return DecomposedRational.apply(x, numerator, denominator, cd)
         return GroupRationalFunction.apply(x, numerator, denominator, None, cd)
     try:
         key = plan_key(x, numerator, denominator, impl, channel_dim)
