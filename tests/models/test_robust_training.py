@@ -1,7 +1,6 @@
 """KAT trains where ViT trains: no loss spike or collapse at a high learning rate without warm-up.
 
-The CPU-sized version of benchmarks/one_batch.py (RESULTS.md, "Robustness at ViT's learning
-rates"): KAT-T at 64x64 (16 tokens), one fixed batch of 64 random images with random labels of 1000
+The CPU-sized version of benchmarks/one_batch.py (issue #28): KAT-T at 64x64 (16 tokens), one fixed batch of 64 random images with random labels of 1000
 classes, plain ``torch.optim.AdamW(model.parameters(), lr=3e-3)``, no warm-up. A model that learns
 memorises the batch; one that collapses sits near ln(64) = 4.16.
 """

@@ -119,9 +119,9 @@ class KAT(VisionTransformer):
         mlp_init: "variance" (w ~ N(0, alpha/fan_in), the paper's init) or "trunc_normal" (std 0.02,
             what the official code ended up using).
         attn_init: "timm" (timm's ViT init, the default) or "mimetic" (the official code's init, kept
-            by the paper recipe, configs/*_in1k.yaml). Built fresh with mimetic attention, KAT-T/S/B
-            spike and can collapse at learning rates where ViT trains, without warm-up; with timm's
-            attention init they do not (RESULTS.md, "Robustness at ViT's learning rates").
+            by the paper recipe, configs/*_in1k.yaml). Built fresh with mimetic attention, KATs spike
+            and can collapse at learning rates where ViT trains, without warm-up (its query/key
+            part does it; measured on KAT-T/S, tests/models/test_robust_training.py).
         rational_impl: "auto" | "torch" | "triton".
         recompute_act1: recompute act1's output in backward instead of storing it (less memory;
             see ``GRKAN``).

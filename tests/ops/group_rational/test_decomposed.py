@@ -1,9 +1,9 @@
-"""decomposed.DecomposedRational: what compiled graphs record for calls on the reference."""
+"""reference.DecomposedRational: what compiled graphs record for calls on the reference."""
 import pytest
 import torch
 
 import kat
-from kat.ops.group_rational.decomposed import DecomposedRational
+from kat.ops.group_rational.reference import DecomposedRational
 from tests.helpers import formula64, rel_err
 
 CASES = [  # (m, n, numerator rows, channel_dim, shape, groups)

@@ -3,8 +3,8 @@
 ``impl="torch"`` is the exact PyTorch reference (``reference.py``: any device, any float dtype);
 ``impl="triton"`` the fused kernels (CUDA, or the CPU under ``TRITON_INTERPRET=1``; float32, bfloat16,
 float16; orders up to (5, 4)); ``impl="auto"`` takes the kernels for CUDA tensors they support and
-the reference otherwise. Anatomy, bottom up: ``reference`` -> ``decomposed`` (the reference as
-compiled graphs record it) -> ``kernels`` -> ``launch`` (launching, grids) -> ``tuning`` (configs)
+the reference otherwise. Anatomy, bottom up: ``reference`` (also the form compiled graphs
+record for it) -> ``kernels`` -> ``launch`` (launching, grids) -> ``tuning`` (configs)
 -> ``reduction`` (coefficient gradients) -> ``plan`` (per-shape plans, the one cache) ->
 ``function`` (autograd, custom ops) -> this file.
 """
@@ -14,10 +14,9 @@ import logging
 
 import torch
 
-from .decomposed import DecomposedRational
 from .function import GroupRationalFunction, triton_available, triton_supports
 from .plan import MAX_ORDER, cached, plan_for, plan_key, remember
-from .reference import check_inputs, evaluate, group_rational_reference
+from .reference import DecomposedRational, check_inputs, evaluate, group_rational_reference
 
 __all__ = ["group_rational", "group_rational_channels_first", "group_rational_reference", "plan_for", "resolve",
            "triton_available", "triton_supports", "MAX_ORDER", "IMPLS"]
@@ -76,7 +75,7 @@ def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.
     """
     if torch.compiler.is_compiling():  # traced once per graph: no cache, no Plan in the graph
         cd, chosen = resolve(x, numerator, denominator, impl, channel_dim)
-        if chosen == "torch":  # the reference's formula with a written-out backward (decomposed.py)
+        if chosen == "torch":  # the reference's formula with a written-out backward (reference.py)
             return DecomposedRational.apply(x, numerator, denominator, cd)
         return GroupRationalFunction.apply(x, numerator, denominator, None, cd)
     try:
