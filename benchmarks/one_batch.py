@@ -84,10 +84,10 @@ def main(argv=None) -> None:
                 print(f"{name:34s} {lr:7.0e} {s['step0']:7.3f} {s['step10']:7.3f} {s['last']:7.3f} "
                       f"{s['max_after_0']:7.3f} {time.perf_counter() - t:4.0f}", flush=True)
                 runs.append({"model": name, "lr": lr, **s, "losses": losses})
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "torch": torch.__version__, "timm": timm.__version__,
-                       "runs": runs}, f, indent=1)
+                if args.json:  # rewritten after every run: a run cut short keeps what it finished
+                    with open(args.json, "w") as f:
+                        json.dump({"args": vars(args), "torch": torch.__version__, "timm": timm.__version__,
+                                   "runs": runs}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,9 @@ class CPURational:
             for k in range(n - 3, -1, -1):
                 dq = torch.addcmul(db[k], ax, dq)
             rr = gb / q
-            gx[r:r + step] = rr * torch.addcmul(dp, f * _sign(xb), dq, value=-1.0)
+            # Q' = sign(x) dq with sign(0) = +1: dq >= 0, so copysign gives it x's sign; x + 0.0 turns
+            # -0.0 into +0.0 (a torch.where on x < 0 costs ~30x more on a CPU)
+            gx[r:r + step] = rr * torch.addcmul(dp, f, torch.copysign(dq, xb + 0.0), value=-1.0)
             term = rr
             acc[0] += term.sum(0)
             for i in range(1, m1):
