@@ -147,14 +147,15 @@ def _scaled(xc, a, b):
 
 
 # ---------------------------------------------------------------------------------------------
-# What a torch.compile-d call records where it would run on the reference (the CPU; impl="torch";
-# inputs the kernels do not take). Through the reference itself, autograd records every Horner step
-# and keeps its intermediates for backward, which Inductor then stores and reloads. Here one
-# autograd.Function computes the reference's forward and saves only x and the coefficients; its
-# backward is written out (dL/dx and the coefficient sums, as the kernels compute them), so Inductor
-# fuses each direction into a few loops. The backward differentiates the direct form, as the kernels
-# do: where P or Q overflows (|x| beyond ~4e7 in fp32) its gradients are not finite, where eager
-# calls differentiate the overflow-safe form.
+# What a torch.compile-d call records where it would run on the reference off CUDA (the CPU; on
+# CUDA, compiled graphs keep the reference under autograd: see group_rational). Through the
+# reference itself, autograd records every Horner step and keeps its intermediates for backward,
+# which Inductor then stores and reloads. Here one autograd.Function computes the reference's
+# forward and saves only x and the coefficients; its backward is written out (dL/dx and the
+# coefficient sums, as the kernels compute them), so Inductor fuses each direction into a few loops.
+# The backward differentiates the direct form, as the kernels do: where P or Q overflows (|x| beyond
+# ~4e7 in fp32) its gradients are not finite, where eager calls differentiate the overflow-safe
+# form.
 def _horner(coefs: list, t: torch.Tensor):
     """sum_k coefs[k] t^k (coefs low to high, each broadcastable against t)."""
     acc = coefs[-1]
