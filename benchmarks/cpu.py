@@ -91,6 +91,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for threads in args.threads:
             torch.set_num_threads(threads)
+            if args.compile:  # Inductor's C++ code is generated for the thread count it compiled under
+                torch._dynamo.reset()
             for size in args.sizes:
                 names = {"vit": f"vit_{size}_patch16_224", "kat": f"kat_{size}_patch16_224"}
                 built = {m: _torch_steps(n, args.batch, args.compile) for m, n in names.items()}
