@@ -2,7 +2,7 @@
 
     python benchmarks/fashion_mnist_results.py            # prints the markdown tables, writes docs/*.png
 
-Reads results/fashion_mnist/epochs<E>/<variant>_s<seed>/{result.json,summary.csv,rationals.pt}
+Reads results/fashion_mnist/<schedule>/<variant>_s<seed>/{result.json,summary.csv,rationals.pt}
 (made by benchmarks/fashion_mnist_runs.sh on the GPU) and the configs in configs/. Also checks that the ViT and
 the KATs differ in parameters by exactly the rational coefficients.
 """
@@ -34,7 +34,7 @@ def runs(schedule: str) -> dict[str, list[Path]]:
 
 
 def table(schedule: str) -> str:
-    lines = ["| model | params | test top-1 per seed (%) | mean ± half-range | train img/s (8 runs sharing the GPU) |",
+    lines = ["| model | params | test top-1 per seed (%) | mean ± half-range | train img/s (runs sharing the GPU) |",
              "|---|---:|---|---:|---:|"]
     for variant, dirs in sorted(runs(schedule).items(), key=lambda kv: list(VARIANTS).index(kv[0])):
         res = [json.loads((d / "result.json").read_text()) for d in dirs]

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Does KAT train where ViT trains? The one-batch stress test of issue #28 (its H200 table is still
-to be made with this script; tests/models/test_robust_training.py is its CPU-sized check).
+"""Does KAT train where ViT trains? The one-batch stress test of issue #28 (its GPU table is in
+RESULTS.md; tests/models/test_robust_training.py is its CPU-sized check).
 
     python benchmarks/one_batch.py [--sizes tiny small base] [--lrs 1e-4 3e-4 1e-3 3e-3]
                                    [--steps 60] [--batch 128] [--kat-kwargs K=V,...] [--json FILE]
