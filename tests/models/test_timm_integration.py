@@ -76,6 +76,22 @@ def test_fx_feature_extraction_matches_eager():
     torch.testing.assert_close(picked["b11"][:, 1:], inter[2], rtol=1e-5, atol=1e-5)
 
 
+def test_timm_fx_tracer_calls_each_mlp_whole():
+    """timm's fx tools (feature extraction, its fx tests) trace a GRKAN as one call, so the traced
+    model runs the MLP exactly as eager does: on a GPU eager takes the fused kernels, and a
+    module-by-module graph would differ from it in the last bits (timm's fx test compares with ==)."""
+    model, x = _models()
+    extractor = timm.models.create_feature_extractor(model, return_nodes={"blocks.11": "out"})
+    called = {n.target for n in extractor.graph.nodes if n.op == "call_module"}
+    assert "blocks.0.mlp" in called and not any(t.startswith("blocks.0.mlp.") for t in called)
+    seen = []
+    model.blocks[11].register_forward_hook(lambda mod, inp, out: seen.append(out))
+    with torch.no_grad():
+        traced = extractor(x)["out"]
+        model(x)
+    assert torch.equal(traced, seen[0])
+
+
 def test_pretrained_from_a_file_with_another_head_and_channels(tmp_path):
     """timm's test_model_load_pretrained / test_model_features_pretrained, on a local checkpoint."""
     src = timm.create_model("kat_tiny_patch16_224")

@@ -23,11 +23,17 @@ from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as _vit_checkpoint_filter_fn
 
 from ..layers import GRKAN, NormAct1
+
+# timm's fx tracer (feature extraction, timm's fx tests) calls each GR-KAN whole, so a traced model
+# computes the MLP exactly as eager does; traced module by module, it would take another path than
+# eager's fused kernels on a GPU and differ in the last bits (timm's fx test compares with ==).
+register_notrace_module(GRKAN)
 
 __all__ = ["KAT", "mimetic_init_", "checkpoint_filter_fn", "unwrap_state_dict", "KAT_SIZES"]
 
