@@ -79,8 +79,8 @@ def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.
             return GroupRationalFunction.apply(x, numerator, denominator, None, cd)
         if x.device.type != "cuda":  # the reference's formula with a written-out backward (reference.py)
             return DecomposedRational.apply(x, numerator, denominator, cd)
-        # On CUDA (inputs the kernels do not take) the reference under autograd, as before: the
-        # decomposed form failed test_compile_fullgraph_matches_eager[torch] on an H100 (2026-12-05)
+        # On CUDA (inputs the kernels do not take) the reference under autograd: compiled on an H100
+        # (torch 2.11), the decomposed form gave all-zero gradients with every backend, "eager" too
         return evaluate(x, numerator, denominator, cd)
     try:
         key = plan_key(x, numerator, denominator, impl, channel_dim)
