@@ -98,6 +98,31 @@ def test_group_rational_2d_matches_channels_last():
     assert torch.allclose(layer2d(x), layer(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), atol=1e-6)
 
 
+@pytest.mark.parametrize("which", ["fc1", "act2"])
+def test_grkan_with_a_parametrized_tensor(which, device):
+    """torch.nn.utils.parametrize moves a tensor out of the module's _parameters (weight norm on fc1,
+    a reparametrised coefficient): GR-KAN then runs module by module and computes the same."""
+    from torch.nn.utils import parametrize
+
+    class Double(nn.Module):
+        def forward(self, t):
+            return 2 * t
+
+        def right_inverse(self, t):
+            return t / 2
+
+    torch.manual_seed(0)
+    mlp = GRKAN(16, 32).to(device)
+    x = torch.randn(2, 5, 16, device=device, requires_grad=True)
+    expected = mlp._modules_forward(x)
+    module, name = (mlp.fc1, "weight") if which == "fc1" else (mlp.act2, "weight_numerator")
+    parametrize.register_parametrization(module, name, Double())
+    out = mlp(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert getattr(module.parametrizations, name).original.grad is not None
+
+
 def test_set_rational_impl():
     model = nn.Sequential(GRKAN(16, 32), GRKAN(16, 32))
     set_rational_impl(model, "torch")

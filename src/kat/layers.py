@@ -215,9 +215,13 @@ class GRKAN(nn.Module):
             fc1, fc2, act1, act2 = mods["fc1"]._parameters, mods["fc2"]._parameters, mods["act1"], mods["act2"]
             if act1.impl == act2.impl:
                 p1, p2 = act1._parameters, act2._parameters
-                a1, b1 = (p1["weight_numerator"], p1["weight_denominator"]) if self.apply_act1 else (None, None)
-                out = grkan_mlp(x, a1, b1, fc1["weight"], fc1["bias"], p2["weight_numerator"],
-                                p2["weight_denominator"], fc2["weight"], fc2["bias"], impl=act2.impl,
+                try:
+                    a1, b1 = (p1["weight_numerator"], p1["weight_denominator"]) if self.apply_act1 else (None, None)
+                    a2, b2, w1, c1, w2, c2 = (p2["weight_numerator"], p2["weight_denominator"], fc1["weight"],
+                                              fc1["bias"], fc2["weight"], fc2["bias"])
+                except KeyError:  # a tensor under torch.nn.utils.parametrize is computed by its module
+                    return self._modules_forward(x)
+                out = grkan_mlp(x, a1, b1, w1, c1, a2, b2, w2, c2, impl=act2.impl,
                                 recompute_act1=self.recompute_act1)
                 if out is not None:
                     return out
