@@ -3,7 +3,7 @@ by ``test_timm_suite.py``; not collected here).
 
 Importing kat registers the models. Tests that download weights or test images skip: they need
 huggingface.co, which CI cannot reach (``tests/models/test_kat.py`` replays both pretrained tests
-from a local file). TorchScript is not supported (README, "Limits"): its cases skip with that reason.
+from a local file). TorchScript is not supported (README, "Using it"): its cases skip with that reason.
 """
 import pytest
 
@@ -18,4 +18,4 @@ def pytest_collection_modifyitems(config, items):
         if item.originalname in NETWORK:
             item.add_marker(pytest.mark.skip(reason="network: downloads from huggingface.co"))
         elif item.originalname in TORCHSCRIPT:
-            item.add_marker(pytest.mark.skip(reason="TorchScript: not supported by kat (README, Limits)"))
+            item.add_marker(pytest.mark.skip(reason="TorchScript: not supported by kat (README, Using it)"))
