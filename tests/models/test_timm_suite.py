@@ -18,8 +18,9 @@ import pytest
 import timm
 
 HERE = Path(__file__).resolve().parent
-# What must have run and passed for each model size; a timm release that stops selecting KAT for one
-# of these fails here instead of passing silently.
+# What must have run and passed for each model size, of the tests the fetched timm version defines
+# (the prune contract came with timm 1.0.31); a release that stops selecting KAT for one of these fails
+# here instead of passing silently.
 MUST_PASS = {"test_model_forward", "test_model_backward", "test_model_default_cfgs_non_std",
              "test_model_forward_intermediates", "test_model_forward_intermediates_features",
              "test_prune_intermediate_layers_contract", "test_model_forward_fx", "test_model_backward_fx"}
@@ -74,23 +75,27 @@ def _run(root: Path, select: str, env=None) -> dict:
     return cases
 
 
-def _check(cases: dict, models: list[str]) -> None:
+def _check(root: Path, cases: dict, models: list[str]) -> None:
+    source = (root / "test_models.py").read_text()
+    must = {name for name in MUST_PASS if f"def {name}(" in source}
+    assert {"test_model_forward", "test_model_forward_fx"} <= must, "timm's test_models.py changed its names"
     skips = {k: v for k, v in cases.items() if v.startswith("skipped")}
     assert all(v.split(": ", 1)[1].startswith(ALLOWED_SKIPS) for v in skips.values()), skips
     for model in models:
         ran = {k.split("[")[0] for k, v in cases.items()
                if v == "passed" and re.search(rf"[\[-]{re.escape(model)}[\].]", k)}
-        assert MUST_PASS <= ran, f"{model}: not run or not passed: {sorted(MUST_PASS - ran)}"
+        assert must <= ran, f"{model}: not run or not passed: {sorted(must - ran)}"
 
 
 @pytest.mark.slow
 def test_timm_model_suite_tiny_small(timm_tests):
     cases = _run(timm_tests, "kat_tiny or kat_small")
-    _check(cases, [f"kat_{s}{v}_patch16_224" for s in ("tiny", "small") for v in ("", "_swish", "_gelu")])
+    sizes = [f"kat_{s}{v}_patch16_224" for s in ("tiny", "small") for v in ("", "_swish", "_gelu")]
+    _check(timm_tests, cases, sizes)
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="KAT-B's run is for a GPU machine")
 def test_timm_model_suite_base(timm_tests):
     cases = _run(timm_tests, "kat_base", env={"TORCH_DEVICE": "cuda"})
-    _check(cases, [f"kat_base{v}_patch16_224" for v in ("", "_swish", "_gelu")])
+    _check(timm_tests, cases, [f"kat_base{v}_patch16_224" for v in ("", "_swish", "_gelu")])
