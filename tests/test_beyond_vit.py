@@ -186,6 +186,10 @@ def test_exported_rational_keeps_the_overflow_safe_form(tmp_path, dynamo):
     path = kat.export_onnx(layer, tmp_path / "r.onnx", input_size=(16,), dynamo=dynamo)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     program = kat.export_program(layer, (16,))
+    if dynamo:  # one If around the scaled form, not both forms for every element
+        import onnx
+        assert "If" in {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "cond" in str(program.graph)
     for x in (_overflow_batch(), torch.randn(2, 16)):
         with torch.no_grad():
             ref = group_rational_reference(x, layer.weight_numerator, layer.weight_denominator)

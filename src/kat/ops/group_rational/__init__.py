@@ -77,11 +77,9 @@ def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.
         cd, chosen = resolve(x, numerator, denominator, impl, channel_dim)
         if chosen == "triton":
             return GroupRationalFunction.apply(x, numerator, denominator, None, cd)
-        if x.device.type != "cuda":  # the reference's formula with a written-out backward (reference.py)
-            return DecomposedRational.apply(x, numerator, denominator, cd)
-        # On CUDA (inputs the kernels do not take) the reference under autograd: compiled on an H100
-        # (torch 2.11), the decomposed form gave all-zero gradients with every backend, "eager" too
-        return evaluate(x, numerator, denominator, cd)
+        if getattr(torch.compiler, "is_exporting", lambda: False)():  # torch >= 2.5
+            return evaluate(x, numerator, denominator, cd)  # its overflow-safe form behind one torch.cond
+        return DecomposedRational.apply(x, numerator, denominator, cd)  # written-out backward (reference.py)
     try:
         key = plan_key(x, numerator, denominator, impl, channel_dim)
         plan = cached(key)

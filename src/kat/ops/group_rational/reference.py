@@ -79,13 +79,7 @@ def evaluate(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor
              channel_dim: int) -> torch.Tensor:
     """The formula on already-validated inputs (``channel_dim`` non-negative)."""
     channels = x.shape[channel_dim]
-    dt = compute_dtype(x.dtype)
-    xc = x.to(dt)
-    shape = [1] * x.dim()
-    shape[channel_dim] = channels
-    a = _per_channel(numerator.to(dt), channels, shape)
-    b = _per_channel(abs_unit_at_zero(denominator.to(dt)), channels, shape)
-
+    xc, a, b, shape = _operands(x, numerator, denominator, channel_dim)
     y = _direct(xc, a, b)
     # Far from 0, P or Q can overflow (|x|^5 > 3.4e38 in fp32 for |x| > ~4e7) although P/Q is moderate;
     # there (finite x only) the scaled form, P and Q over x^n, is used. Eager calls decide once;
@@ -103,6 +97,16 @@ def evaluate(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor
                         or not bool((~torch.isfinite(y) & torch.isfinite(xc)).any())):
         return y.to(x.dtype)
     return _mixed(xc, y, a, b).to(x.dtype)
+
+
+def _operands(x, numerator, denominator, channel_dim):
+    """x in the compute dtype, and the coefficients as per-channel tensors broadcastable against it."""
+    dt = compute_dtype(x.dtype)
+    shape = [1] * x.dim()
+    shape[channel_dim] = x.shape[channel_dim]
+    a = _per_channel(numerator.to(dt), shape[channel_dim], shape)
+    b = _per_channel(abs_unit_at_zero(denominator.to(dt)), shape[channel_dim], shape)
+    return x.to(dt), a, b, shape
 
 
 def _mixed(xc, y, a, b):
@@ -147,8 +151,8 @@ def _scaled(xc, a, b):
 
 
 # ---------------------------------------------------------------------------------------------
-# What a torch.compile-d call records where it would run on the reference off CUDA (the CPU; on
-# CUDA, compiled graphs keep the reference under autograd: see group_rational). Through the
+# What a torch.compile-d call records where it would run on the reference (the CPU, and inputs the
+# kernels do not take). Through the
 # reference itself, autograd records every Horner step and keeps its intermediates for backward,
 # which Inductor then stores and reloads. Here one autograd.Function computes the reference's
 # forward and saves only x and the coefficients; its backward is written out (dL/dx and the
@@ -171,7 +175,10 @@ class DecomposedRational(torch.autograd.Function):
     def forward(ctx, x, numerator, denominator, channel_dim):
         ctx.save_for_backward(x, numerator, denominator)
         ctx.channel_dim = channel_dim
-        return evaluate(x, numerator, denominator, channel_dim)
+        # What evaluate computes when compiling, written out: on torch 2.11 a Function whose forward
+        # calls evaluate (its is_compiling/is_exporting branches) got all-zero gradients under compile.
+        xc, a, b, _ = _operands(x, numerator, denominator, channel_dim)
+        return _mixed(xc, _direct(xc, a, b), a, b).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
