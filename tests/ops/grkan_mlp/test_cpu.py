@@ -1,6 +1,6 @@
-"""The GR-KAN MLP node's CPU rationals (kat.ops.grkan_mlp.cpu): the group-rational formula in
-cache-sized blocks with a hand-written backward, against the float64 formula, against the
-reference where P or Q overflow, and inside GRKAN against the module-by-module computation."""
+"""The GR-KAN MLP node's CPU rationals (kat.ops.grkan_mlp.cpu): the group-rational formula as
+compiled loops (numba), against the float64 formula, against the reference where P or Q overflow,
+and inside GRKAN against the module-by-module computation."""
 import pytest
 import torch
 
@@ -10,12 +10,15 @@ from kat.ops.group_rational.reference import evaluate
 from kat.ops.grkan_mlp import cpu
 from tests.helpers import formula64, rel_err
 
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="numba is not installed")
 
-@pytest.mark.parametrize("block", [cpu._BLOCK, 200 * 3])  # one block; several, with a tail
+
+@pytest.mark.parametrize("threads", [1, 2])  # the rows split into one chunk or two (with a tail)
 @pytest.mark.parametrize("c,groups,m,n,shared", [
-    (200, 8, 5, 4, True), (200, 8, 5, 4, False), (64, 4, 3, 2, True), (48, 8, 1, 1, False)])
-def test_cpu_rational_matches_float64(c, groups, m, n, shared, block, monkeypatch):
-    monkeypatch.setattr(cpu, "_BLOCK", block)
+    (200, 8, 5, 4, True), (200, 8, 5, 4, False), (64, 4, 3, 2, True), (48, 8, 1, 1, False),
+    (16, 2, 0, 3, False)])
+def test_cpu_rational_matches_float64(c, groups, m, n, shared, threads, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     g = torch.Generator().manual_seed(c + m)
     x = torch.randn(37, c, generator=g) * 2
     a = torch.randn(1 if shared else groups, m + 1, generator=g) * 0.4
@@ -30,6 +33,15 @@ def test_cpu_rational_matches_float64(c, groups, m, n, shared, block, monkeypatc
     assert rel_err(y, want[0]) <= 1e-6 and rel_err(gx, want[1]) <= 1e-5
     assert ga.shape == a.shape and gb.shape == b.shape
     assert rel_err(ga, want[2]) <= 1e-5 and rel_err(gb, want[3]) <= 1e-5
+
+
+def test_cpu_rational_coefficient_gradients_are_deterministic():
+    g = torch.Generator().manual_seed(5)
+    x, go = torch.randn(300, 64, generator=g), torch.randn(300, 64, generator=g)
+    a, b = torch.randn(1, 6, generator=g), torch.randn(8, 4, generator=g)
+    r = cpu.CPURational(64, 8, True)
+    first, second = r.backward(go, x, a, b), r.backward(go, x, a, b)
+    assert all(torch.equal(u, v) for u, v in zip(first, second))
 
 
 def test_cpu_rational_low_precision_input():
@@ -48,10 +60,9 @@ def test_cpu_rational_low_precision_input():
     assert rel_err(ga, want[2]) <= 1e-5 and rel_err(gb, want[3]) <= 1e-5
 
 
-def test_cpu_rational_blocks_that_overflow_take_the_reference(monkeypatch):
-    """A block where P or Q overflows fp32 (or holding NaN/Inf) is the reference's, forward and
-    backward; the other blocks are unaffected."""
-    monkeypatch.setattr(cpu, "_BLOCK", 64 * 4)
+def test_cpu_rational_overflow_takes_the_reference():
+    """Where P or Q overflows fp32 (or x holds NaN/Inf) the call is the reference's, forward and
+    backward."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(16, 64, generator=g)
     x[1, :3] = torch.tensor([1e30, -3e9, float("nan")])
@@ -99,3 +110,16 @@ def test_grkan_on_the_cpu_runs_the_node_and_matches_the_modules(shared, autocast
     for g, gu in zip(grads, grads_u):
         assert g.dtype == gu.dtype and rel_err(g, gu) <= tol
     assert type(GRKAN(48, 96, impl="torch")(x0.requires_grad_()).grad_fn).__name__ != "GRKANFunctionBackward"
+
+
+def test_without_numba_the_modules_run(monkeypatch):
+    """No numba: GRKAN on the CPU runs module by module (the reference), with the same result."""
+    from kat.ops import grkan_mlp
+    torch.manual_seed(0)
+    m, x = GRKAN(48, 96, act_init="gelu"), torch.randn(2, 5, 48, requires_grad=True)
+    want = m(x)
+    monkeypatch.setattr(cpu, "available", lambda: False)
+    monkeypatch.setattr(grkan_mlp, "_PLANS", {})
+    got = m(x)
+    assert type(got.grad_fn).__name__ != "GRKANFunctionBackward"
+    assert rel_err(got, want) <= 1e-5

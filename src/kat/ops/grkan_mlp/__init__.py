@@ -7,8 +7,8 @@ transposes, autocast's casts) into the autograd graph, and each costs host time 
 backward; eager KAT-T/S training is bound by that host time. Here the MLP is one node: forward
 runs the rationals' kernel plans and two matmuls, backward the linears' backward by hand between
 the rationals' backward kernels. Same kernels, same matmuls, same saved tensors as the modules.
-On the CPU (``impl="auto"``) the rationals in the node are ``cpu.CPURational``: the reference's
-formula evaluated in cache-sized blocks with a hand-written backward.
+On the CPU (``impl="auto"``, numba installed) the rationals in the node are ``cpu.CPURational``:
+the reference's formula as one compiled loop each way.
 
 ``rational_linear``: autograd would keep both the rational's input and its output (fc1's weight
 gradient needs it) where ViT keeps one tensor; this keeps only the input and recomputes.
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..group_rational import group_rational, plan_for, resolve
-from .cpu import CPURational
+from . import cpu
 
 __all__ = ["grkan_mlp", "rational_linear", "autocast_dtype"]
 
@@ -103,8 +103,9 @@ def _new_plan(x, dtype, a1, b1, w1, c1, a2, b2, w2, c2, impl, recompute):
         if chosen == "triton":
             with torch.no_grad():
                 plans.append(plan_for(probe.normal_(), a.detach(), b.detach(), 1))
-        elif impl == "auto" and x.device.type == "cpu" and a.shape[1] >= 2 and dtype in _CPU_DTYPES:
-            plans.append(CPURational(width, b.shape[0], a.shape[0] == 1))
+        elif (impl == "auto" and x.device.type == "cpu" and dtype in _CPU_DTYPES and cpu.available()
+              and a.shape[1] <= cpu.MAX_ORDERS[0] + 1 and b.shape[1] <= cpu.MAX_ORDERS[1]):
+            plans.append(cpu.CPURational(width, b.shape[0], a.shape[0] == 1))
         else:
             return False
     return _MLPPlan(plans[0], plans[1], dtype, x.shape, w2.shape[0], recompute and plans[0] is not None)
