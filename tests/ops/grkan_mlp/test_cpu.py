@@ -40,8 +40,9 @@ def test_cpu_rational_coefficient_gradients_are_deterministic():
     x, go = torch.randn(300, 64, generator=g), torch.randn(300, 64, generator=g)
     a, b = torch.randn(1, 6, generator=g), torch.randn(8, 4, generator=g)
     r = cpu.CPURational(64, 8, True)
-    first, second = r.backward(go, x, a, b), r.backward(go, x, a, b)
+    first, second = r.backward(go, x, a, b), r.backward(go, x.requires_grad_(), a, b)  # grad mode on
     assert all(torch.equal(u, v) for u, v in zip(first, second))
+    assert torch.equal(r.forward(x, a.requires_grad_(), b), r.forward(x.detach(), a.detach(), b))
 
 
 def test_cpu_rational_low_precision_input():

@@ -55,7 +55,7 @@ class CPURational:
 
     def forward(self, x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
         loops, threads = _loops()
-        x32 = x.float().contiguous()
+        x32 = x.detach().float().contiguous()
         y = torch.empty_like(x32)
         check = torch.zeros(threads, self.c)
         loops.forward(x32.numpy(), self._rows(numerator, _PAD[0]).numpy(),
@@ -67,7 +67,7 @@ class CPURational:
     def backward(self, grad_y: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor,
                  denominator: torch.Tensor):
         loops, threads = _loops()
-        x32, g32 = x.float().contiguous(), grad_y.float().contiguous()
+        x32, g32 = x.detach().float().contiguous(), grad_y.detach().float().contiguous()
         m1, n = numerator.shape[1], denominator.shape[1]
         gx = torch.empty_like(x32)
         sums = torch.zeros(threads, sum(_PAD), self.c)
