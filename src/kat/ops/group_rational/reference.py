@@ -175,8 +175,8 @@ class DecomposedRational(torch.autograd.Function):
     def forward(ctx, x, numerator, denominator, channel_dim):
         ctx.save_for_backward(x, numerator, denominator)
         ctx.channel_dim = channel_dim
-        # What evaluate computes when compiling, written out: on torch 2.11 a Function whose forward
-        # calls evaluate (its is_compiling/is_exporting branches) got all-zero gradients under compile.
+        # What evaluate records when compiling, written out: reached from group_rational's compiled
+        # branch only, where evaluate's eager/export decisions do not apply.
         xc, a, b, _ = _operands(x, numerator, denominator, channel_dim)
         return _mixed(xc, _direct(xc, a, b), a, b).to(x.dtype)
 
