@@ -76,7 +76,7 @@ class CPURational:
                        self._rows(denominator, _PAD[1]).abs().numpy(), gx.numpy(), sums.numpy(),
                        check.numpy())
         if not bool(torch.isfinite(check.sum())):  # the reference differentiates its overflow-safe form
-            xr = x32.detach().requires_grad_()
+            xr = x32.requires_grad_()  # x32 is already detached
             ar, br = (t.detach().float().requires_grad_() for t in (numerator, denominator))
             with torch.enable_grad():
                 gx, ga, gb = torch.autograd.grad(evaluate(xr, ar, br, 1), (xr, ar, br), g32)

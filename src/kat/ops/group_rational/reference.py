@@ -152,9 +152,8 @@ def _scaled(xc, a, b):
 
 # ---------------------------------------------------------------------------------------------
 # What a torch.compile-d call records where it would run on the reference (the CPU, and inputs the
-# kernels do not take). Through the
-# reference itself, autograd records every Horner step and keeps its intermediates for backward,
-# which Inductor then stores and reloads. Here one autograd.Function computes the reference's
+# kernels do not take). Through the reference itself, autograd records every Horner step and keeps
+# its intermediates for backward, which Inductor then stores and reloads. Here one autograd.Function computes the reference's
 # forward and saves only x and the coefficients; its backward is written out (dL/dx and the
 # coefficient sums, as the kernels compute them), so Inductor fuses each direction into a few loops.
 # The backward differentiates the direct form, as the kernels do: where P or Q overflows (|x| beyond
