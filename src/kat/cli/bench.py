@@ -9,14 +9,15 @@
                       training memory, for KAT-T/S/B beside vit_{tiny,small,base}_patch16_224.
 
 Both print a table and can write JSON (--json). Timings are medians of triton.testing.do_bench
-(CUDA events) for the op, and CUDA-event-timed loops for models; in model mode (eager or CUDA
-graphs) ViT and KAT stay resident and their loops alternate, so host-speed drift during the run
+(CUDA events) for the op, and CUDA-event-timed loops for models; in model mode (eager, compiled or
+CUDA graphs) ViT and KAT stay resident and their loops alternate, so host-speed drift during the run
 hits both, and each ratio is the median of the per-repeat KAT/ViT ratios. Needs a CUDA GPU
 (``model --device cpu`` runs the same code on the CPU as a functional check).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import platform
@@ -151,11 +152,7 @@ class _ModelRun:
             kw["img_size"] = img_size
         self.model = model = timm.create_model(name, **kw).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda, capturable=cuda_graphs)
-        if compile_:
-            # Dynamo caches graphs per code object, and every timm ViT (KAT too) shares
-            # VisionTransformer.forward: without a reset the models before this one fill its recompile
-            # limit (8) and this one silently runs eager. Static shapes: train and infer batches differ.
-            torch._dynamo.reset()
+        # static shapes: the train and inference batches differ
         run = torch.compile(model, mode=compile_, dynamic=False) if compile_ else model
         size = img_size or 224
         x = torch.randn(batch, 3, size, size, device=device)
@@ -187,6 +184,10 @@ class _ModelRun:
         if cuda_graphs:
             model.eval()
             infer_step = _graphed(infer_step)
+        elif compile_:  # compile the inference graph now, not in the first timed loop
+            model.eval()
+            infer_step()
+            model.train()
         self.train_step, self.infer_step = train_step, infer_step
         self.train_times: list[float] = []
         self.infer_times: list[float] = []
@@ -207,34 +208,19 @@ class _ModelRun:
 def bench_pair(size: str, batch: int, infer_batch: int, dtype: torch.dtype, compile_: str | None, iters: int,
                warmup: int, repeats: int, cuda_graphs: bool = False, kat_kwargs=None, device: str = "cuda",
                img_size=None) -> dict:
-    """ViT and KAT of one size. Eager or with CUDA graphs both models stay resident and their timing
-    loops alternate (ViT, KAT, ViT, KAT, ...), so a drift of the host's speed during the run hits both
-    alike; the ratio is the median of the per-repeat ratios. Compiled models are timed one after
-    the other (each compile resets Dynamo, which would recompile the other model mid-timing)."""
+    """ViT and KAT of one size. Both models stay resident and their timing loops alternate (ViT, KAT,
+    ViT, KAT, ...), so a drift of the host's speed during the run hits both alike; the ratio is the
+    median of the per-repeat ratios."""
     names = [f"{fam}_{size}_patch16_224" for fam in ("vit", "kat")]
-
-    def make(name):
-        return _ModelRun(name, batch, infer_batch, dtype, compile_, warmup, cuda_graphs, kat_kwargs, device, img_size)
-
-    if compile_:
-        runs = []
-        for name in names:
-            run = make(name)
-            for phase in ("train", "infer"):
-                for _ in range(repeats):
-                    run.time(phase, iters, 2)
-            run.model = run.train_step = run.infer_step = None  # free the model before the next one
-            runs.append(run)
-            if device == "cuda":
-                torch.cuda.empty_cache()
-    else:
-        runs = [make(name) for name in names]
+    with _dynamo_room(compile_):
+        runs = [_ModelRun(name, batch, infer_batch, dtype, compile_, warmup, cuda_graphs, kat_kwargs, device,
+                          img_size) for name in names]
         for phase in ("train", "infer"):
             for _ in range(repeats):
                 for run in runs:
                     run.time(phase, iters, 2)
     vit, kt = (r.result() for r in runs)
-    row = {"size": size, "vit": vit, "kat": kt, "interleaved": not compile_}
+    row = {"size": size, "vit": vit, "kat": kt}
     for phase in ("train", "infer"):
         paired = [k / v for k, v in zip(kt[f"{phase}_img_s_runs"], vit[f"{phase}_img_s_runs"])]
         row[f"{phase}_ratio_runs"] = paired
@@ -242,6 +228,21 @@ def bench_pair(size: str, batch: int, infer_batch: int, dtype: torch.dtype, comp
     row["mem_ratio"] = (kt["peak_train_mem_gib"] / vit["peak_train_mem_gib"]
                         if vit["peak_train_mem_gib"] is not None else None)
     return row
+
+
+@contextlib.contextmanager
+def _dynamo_room(compile_: str | None):
+    """For a compiled pair: Dynamo's graphs of earlier pairs dropped, and room for both models' train
+    and inference graphs. Every timm ViT (KAT too) runs VisionTransformer.forward, and Dynamo caches
+    graphs per code object: at its default limit (8) a model compiled after others silently runs eager."""
+    if not compile_:
+        yield
+        return
+    torch._dynamo.reset()
+    names = [n for n in ("recompile_limit", "cache_size_limit") if hasattr(torch._dynamo.config, n)][:1]
+    with torch._dynamo.config.patch({n: 64 for n in names}):
+        yield
+    torch._dynamo.reset()
 
 
 def flops_rows(models: Sequence[str], kanify: bool, input_size=None, model_kwargs=None) -> list[dict]:
