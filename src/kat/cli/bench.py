@@ -238,11 +238,13 @@ def _dynamo_room(compile_: str | None):
     if not compile_:
         yield
         return
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
     torch._dynamo.reset()
-    names = [n for n in ("recompile_limit", "cache_size_limit") if hasattr(torch._dynamo.config, n)][:1]
-    with torch._dynamo.config.patch({n: 64 for n in names}):
-        yield
-    torch._dynamo.reset()
+    try:
+        with torch._dynamo.config.patch({limit: 64}):
+            yield
+    finally:
+        torch._dynamo.reset()
 
 
 def flops_rows(models: Sequence[str], kanify: bool, input_size=None, model_kwargs=None) -> list[dict]:
