@@ -74,6 +74,28 @@ def test_compiled_pair_is_interleaved_and_both_models_run_their_graphs(tmp_path,
     assert len(row["train_ratio_runs"]) == len(row["infer_ratio_runs"]) == 3
 
 
+def test_profile_reports_host_time_per_step_after_the_timing_loops(tmp_path, monkeypatch):
+    """--profile: per model and phase the median host time of ``iters`` single steps (here, off CUDA,
+    a step's wall time; no GPU operation counter), measured after both models' timing loops."""
+    order = []
+    real_time, real_profile = bench._ModelRun.time, bench._ModelRun.profile
+    monkeypatch.setattr(bench._ModelRun, "time", lambda self, phase, iters, warmup: order.append(
+        ("time", phase)) or real_time(self, phase, iters, warmup))
+    monkeypatch.setattr(bench._ModelRun, "profile", lambda self, phase, iters: order.append(
+        ("profile", phase, self.name[:3])) or real_profile(self, phase, iters))
+    row = _run(tmp_path, ["--profile"])
+    assert order == ([("time", "train")] * 6 + [("profile", "train", "vit"), ("profile", "train", "kat")]
+                     + [("time", "infer")] * 6 + [("profile", "infer", "vit"), ("profile", "infer", "kat")])
+    for model in ("vit", "kat"):
+        prof = row[model]["profile"]
+        assert set(prof) == {"train", "infer"}
+        for phase, p in prof.items():
+            assert p["gpu_ops"] is None
+            # one step's wall time: the same order as the timed loop's seconds per step
+            per_step = 2 / row[model][f"{phase}_img_s"]
+            assert 0.1 * per_step < p["host_ms"] / 1e3 < 10 * per_step
+
+
 def test_model_mode_needs_a_gpu_unless_cpu_is_asked_for(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit):

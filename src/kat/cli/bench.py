@@ -6,7 +6,8 @@
     kat-bench flops   FLOPs and parameters of any timm model with and without GR-KAN (runs on the CPU;
                       ``--kanify`` converts a plain transformer's MLPs first).
     kat-bench model   train step (autocast, AdamW step included) and inference img/s, and peak
-                      training memory, for KAT-T/S/B beside vit_{tiny,small,base}_patch16_224.
+                      training memory, for KAT-T/S/B beside vit_{tiny,small,base}_patch16_224
+                      (``--profile``: also host ms and GPU operations per step).
 
 Both print a table and can write JSON (--json). Timings are medians of triton.testing.do_bench
 (CUDA events) for the op, and CUDA-event-timed loops for models; in model mode (eager, compiled or
@@ -191,14 +192,40 @@ class _ModelRun:
         self.train_step, self.infer_step = train_step, infer_step
         self.train_times: list[float] = []
         self.infer_times: list[float] = []
+        self.profiled: dict = {}
 
     def time(self, phase: str, iters: int, warmup: int) -> None:
         self.model.train(phase == "train")
         step = self.train_step if phase == "train" else self.infer_step
         getattr(self, f"{phase}_times").append(_time_loop(step, iters, warmup, self.device))
 
+    def profile(self, phase: str, iters: int) -> None:
+        """Host time to issue one step (median of ``iters``, each started on an idle device: where
+        the host is the bottleneck this is the step time) and the GPU operations (kernels, memsets,
+        copies) one step runs, counted by torch.profiler (None off CUDA)."""
+        self.model.train(phase == "train")
+        step = self.train_step if phase == "train" else self.infer_step
+        cuda = self.device == "cuda"
+        host = []
+        for _ in range(iters):
+            if cuda:
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            step()
+            host.append(time.perf_counter() - t)
+        ops = None
+        if cuda:
+            from torch.profiler import ProfilerActivity, profile
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                step()
+                torch.cuda.synchronize()
+            ops = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+        self.profiled[phase] = {"host_ms": 1e3 * statistics.median(host), "gpu_ops": ops}
+
     def result(self) -> dict:
-        return {"model": self.name, "train_img_s": self.batch / statistics.median(self.train_times),
+        return {"model": self.name, "profile": self.profiled,
+                "train_img_s": self.batch / statistics.median(self.train_times),
                 "infer_img_s": self.infer_batch / statistics.median(self.infer_times),
                 "peak_train_mem_gib": None if self.peak is None else self.peak / 2**30,
                 "train_img_s_runs": [self.batch / t for t in self.train_times],
@@ -207,10 +234,11 @@ class _ModelRun:
 
 def bench_pair(size: str, batch: int, infer_batch: int, dtype: torch.dtype, compile_: str | None, iters: int,
                warmup: int, repeats: int, cuda_graphs: bool = False, kat_kwargs=None, device: str = "cuda",
-               img_size=None) -> dict:
+               img_size=None, profile: bool = False) -> dict:
     """ViT and KAT of one size. Both models stay resident and their timing loops alternate (ViT, KAT,
     ViT, KAT, ...), so a drift of the host's speed during the run hits both alike; the ratio is the
-    median of the per-repeat ratios."""
+    median of the per-repeat ratios. ``profile``: then each model's host time and GPU operations per
+    step (``_ModelRun.profile``)."""
     names = [f"{fam}_{size}_patch16_224" for fam in ("vit", "kat")]
     with _dynamo_room(compile_):
         runs = [_ModelRun(name, batch, infer_batch, dtype, compile_, warmup, cuda_graphs, kat_kwargs, device,
@@ -219,6 +247,9 @@ def bench_pair(size: str, batch: int, infer_batch: int, dtype: torch.dtype, comp
             for _ in range(repeats):
                 for run in runs:
                     run.time(phase, iters, 2)
+            if profile:
+                for run in runs:
+                    run.profile(phase, iters)
     vit, kt = (r.result() for r in runs)
     row = {"size": size, "vit": vit, "kat": kt}
     for phase in ("train", "infer"):
@@ -318,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KAT: norm2 and act1 as one kernel, forward and backward (kat.layers.NormAct1)")
     m.add_argument("--rational-impl", default=None, choices=["auto", "torch", "triton"],
                    help="KAT: the rational op's implementation (e.g. 'torch' lets torch.compile fuse it)")
+    m.add_argument("--profile", action="store_true",
+                   help="also report each model's host ms and GPU operations (kernels, copies) per step")
     m.add_argument("--iters", type=int, default=20, help="timed steps per repeat")
     m.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     m.add_argument("--repeats", type=int, default=3, help="alternating KAT/ViT repeats; ratios are their medians")
@@ -384,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for size in args.sizes:
             r = bench_pair(size, args.batch, args.infer_batch, DTYPES[args.dtype], args.compile, args.iters,
                            args.warmup, args.repeats, args.cuda_graphs, _kat_kwargs(args), args.device,
-                           args.img_size)
+                           args.img_size, args.profile)
             rows.append(r)
             vit, kt = r["vit"], r["kat"]
             mem = ("mem ViT %.2f KAT %.2f GiB (x%.3f)" % (vit["peak_train_mem_gib"], kt["peak_train_mem_gib"],
@@ -392,6 +425,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _log.info("%-5s train ViT %7.0f KAT %7.0f img/s (x%.3f) | infer ViT %7.0f KAT %7.0f (x%.3f) | %s",
                       size, vit["train_img_s"], kt["train_img_s"], r["train_ratio"], vit["infer_img_s"],
                       kt["infer_img_s"], r["infer_ratio"], mem)
+            for phase, p in kt["profile"].items():
+                v = vit["profile"][phase]
+                _log.info("%-5s %-5s host ms/step ViT %.2f KAT %.2f | GPU ops/step ViT %s KAT %s", size, phase,
+                          v["host_ms"], p["host_ms"], v["gpu_ops"], p["gpu_ops"])
             if args.device == "cuda":
                 torch.cuda.empty_cache()
         result["rows"] = rows
