@@ -194,17 +194,18 @@ class _ModelRun:
         self.infer_times: list[float] = []
         self.profiled: dict = {}
 
-    def time(self, phase: str, iters: int, warmup: int) -> None:
+    def _step(self, phase: str):
         self.model.train(phase == "train")
-        step = self.train_step if phase == "train" else self.infer_step
-        getattr(self, f"{phase}_times").append(_time_loop(step, iters, warmup, self.device))
+        return self.train_step if phase == "train" else self.infer_step
+
+    def time(self, phase: str, iters: int, warmup: int) -> None:
+        getattr(self, f"{phase}_times").append(_time_loop(self._step(phase), iters, warmup, self.device))
 
     def profile(self, phase: str, iters: int) -> None:
-        """Host time to issue one step (median of ``iters``, each started on an idle device: where
-        the host is the bottleneck this is the step time) and the GPU operations (kernels, memsets,
-        copies) one step runs, counted by torch.profiler (None off CUDA)."""
-        self.model.train(phase == "train")
-        step = self.train_step if phase == "train" else self.infer_step
+        """Host time of one step started on an idle device (median of ``iters``; with the host the
+        bottleneck, it is at least the step's share of the timed loops) and the GPU operations
+        (kernels, memsets, copies) one step runs, counted by torch.profiler (None off CUDA)."""
+        step = self._step(phase)
         cuda = self.device == "cuda"
         host = []
         for _ in range(iters):
