@@ -7,7 +7,7 @@
                       ``--kanify`` converts a plain transformer's MLPs first).
     kat-bench model   train step (autocast, AdamW step included) and inference img/s, and peak
                       training memory, for KAT-T/S/B beside vit_{tiny,small,base}_patch16_224
-                      (``--profile``: also host ms and GPU operations per step).
+                      (``--profile``: also host ms, GPU operations and GPU ms per step).
 
 Both print a table and can write JSON (--json). Timings are medians of triton.testing.do_bench
 (CUDA events) for the op, and CUDA-event-timed loops for models; in model mode (eager, compiled or
@@ -203,8 +203,9 @@ class _ModelRun:
 
     def profile(self, phase: str, iters: int) -> None:
         """Host time of one step started on an idle device (median of ``iters``; with the host the
-        bottleneck, it is at least the step's share of the timed loops) and the GPU operations
-        (kernels, memsets, copies) one step runs, counted by torch.profiler (None off CUDA)."""
+        bottleneck, it is at least the step's share of the timed loops), and the GPU operations
+        (kernels, memsets, copies) one step runs and their summed durations, from torch.profiler
+        (None off CUDA). GPU ms well below the loop's ms per step: the step is bound by the host."""
         step = self._step(phase)
         cuda = self.device == "cuda"
         host = []
@@ -214,15 +215,16 @@ class _ModelRun:
             t = time.perf_counter()
             step()
             host.append(time.perf_counter() - t)
-        ops = None
+        ops = gpu_ms = None
         if cuda:
             from torch.profiler import ProfilerActivity, profile
             torch.cuda.synchronize()
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 step()
                 torch.cuda.synchronize()
-            ops = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
-        self.profiled[phase] = {"host_ms": 1e3 * statistics.median(host), "gpu_ops": ops}
+            events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+            ops, gpu_ms = len(events), sum(e.device_time_total for e in events) / 1e3
+        self.profiled[phase] = {"host_ms": 1e3 * statistics.median(host), "gpu_ops": ops, "gpu_ms": gpu_ms}
 
     def result(self) -> dict:
         return {"model": self.name, "profile": self.profiled,
@@ -277,6 +279,10 @@ def _dynamo_room(compile_: str | None):
             yield
     finally:
         torch._dynamo.reset()
+
+
+def _ms(value) -> str:
+    return "n/a" if value is None else "%.2f" % value
 
 
 def flops_rows(models: Sequence[str], kanify: bool, input_size=None, model_kwargs=None) -> list[dict]:
@@ -351,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--rational-impl", default=None, choices=["auto", "torch", "triton"],
                    help="KAT: the rational op's implementation (e.g. 'torch' lets torch.compile fuse it)")
     m.add_argument("--profile", action="store_true",
-                   help="also report each model's host ms and GPU operations (kernels, copies) per step")
+                   help="also report each model's host ms, GPU operations (kernels, copies) and GPU ms per step")
     m.add_argument("--iters", type=int, default=20, help="timed steps per repeat")
     m.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     m.add_argument("--repeats", type=int, default=3, help="alternating KAT/ViT repeats; ratios are their medians")
@@ -428,8 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       kt["infer_img_s"], r["infer_ratio"], mem)
             for phase, p in kt["profile"].items():
                 v = vit["profile"][phase]
-                _log.info("%-5s %-5s host ms/step ViT %.2f KAT %.2f | GPU ops/step ViT %s KAT %s", size, phase,
-                          v["host_ms"], p["host_ms"], v["gpu_ops"], p["gpu_ops"])
+                _log.info("%-5s %-5s host ms/step ViT %.2f KAT %.2f | GPU ops/step ViT %s KAT %s | GPU ms/step "
+                          "ViT %s KAT %s", size, phase, v["host_ms"], p["host_ms"], v["gpu_ops"], p["gpu_ops"],
+                          _ms(v["gpu_ms"]), _ms(p["gpu_ms"]))
             if args.device == "cuda":
                 torch.cuda.empty_cache()
         result["rows"] = rows
